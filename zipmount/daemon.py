@@ -1,0 +1,289 @@
+"""Daemon layer: build the layers for a config, mount, report readiness, serve, unmount.
+
+Every mount of one config runs in one process (one FUSE session thread each) and shares one block
+cache. Background mode never forks a process that has threads (fsspec/s3fs run an event-loop
+thread): the CLI starts a fresh child process and waits on a pipe until the child reports that
+every mount answers, or why it could not.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fuse import FUSE
+
+from .cache import BlockCache, DiskTier
+from .config import Config, MountConfig
+from .errors import SourceError, UsageError, ZipmountError
+from .fuseops import ZipOperations
+from .namespace import Namespace
+from .source import Source
+from .stats import Stats
+
+log = logging.getLogger(__name__)
+
+MOUNT_TIMEOUT = 20.0
+
+
+def notify(message: str) -> None:
+    """sd_notify(3): send ``message`` to systemd if we run under ``Type=notify``."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        log.warning("cannot notify systemd: %s", exc)
+
+
+def mount_state(mountpoint: str) -> str:
+    """'mounted', 'stale' (a dead FUSE mount), or 'free'."""
+    try:
+        os.stat(mountpoint)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO):
+            return "stale"
+        return "free"
+    return "mounted" if os.path.ismount(mountpoint) else "free"
+
+
+def unmount(mountpoint: str, lazy: bool = False) -> bool:
+    """Unmount a FUSE mount (also a stale one); True once nothing is mounted there."""
+    flags = "-uz" if lazy else "-u"
+    for cmd in (["fusermount", flags, mountpoint], ["fusermount3", flags, mountpoint],
+                ["umount", *(["-l"] if lazy else []), mountpoint]):
+        try:
+            subprocess.run(cmd, capture_output=True, timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if mount_state(mountpoint) == "free":
+            return True
+    return mount_state(mountpoint) == "free"
+
+
+def check_mountpoint(mountpoint: str) -> None:
+    """Raise a one-line error unless ``mountpoint`` is an empty-enough directory we can mount on.
+
+    A stale mount left by a killed daemon is cleaned first.
+    """
+    state = mount_state(mountpoint)
+    if state == "stale":
+        log.warning("cleaning a stale mount at %s (left by a killed daemon)", mountpoint)
+        unmount(mountpoint, lazy=True)
+        state = mount_state(mountpoint)
+    if state == "mounted":
+        raise ZipmountError(f"mountpoint {mountpoint} is busy: something is already mounted there")
+    if not os.path.isdir(mountpoint):
+        raise UsageError(f"mountpoint {mountpoint} is not a directory")
+
+
+@dataclass
+class MountedTree:
+    config: MountConfig
+    namespace: Namespace
+    thread: threading.Thread | None = None
+    error: BaseException | None = None
+
+
+class Daemon:
+    """One process serving every mount of a config over one shared cache."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.stats = Stats()
+        self.cache = self._make_cache()
+        self.trees: list[MountedTree] = []
+        self._stop = threading.Event()
+        self.stats.providers.append(self._gauges)
+
+    def _make_cache(self) -> BlockCache:
+        cfg = self.config.cache
+        disk = None
+        if cfg.dir:
+            try:
+                Path(cfg.dir).mkdir(parents=True, exist_ok=True)
+                disk = DiskTier(Path(cfg.dir), cfg.size)
+            except BlockingIOError:
+                log.warning("cache dir %s is used by another zipmount daemon: "
+                            "this one keeps a memory-only cache", cfg.dir)
+            except OSError as exc:
+                raise ZipmountError(f"cannot use cache dir {cfg.dir}: {exc.strerror}") from None
+        return BlockCache(cfg.memory, disk, self.stats)
+
+    def _gauges(self) -> dict[str, float]:
+        disk = self.cache.disk
+        return {
+            "memory_cache_bytes": self.cache.memory.used,
+            "memory_cache_capacity": self.cache.memory.capacity,
+            "disk_cache_bytes": disk.used if disk else 0,
+            "disk_cache_capacity": disk.capacity if disk else 0,
+            "open_archives": sum(t.namespace.open_archives() for t in self.trees),
+            "mounts": len(self.trees),
+        }
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Connect every source and check every mountpoint; nothing is mounted yet."""
+        for mount in self.config.mounts:
+            check_mountpoint(mount.mountpoint)
+            source, path = Source.for_url(mount.source, self.config.storage, self.stats)
+            ns = Namespace(source, path, self.cache, self.stats, suffixes=mount.suffixes,
+                           root=mount.root, ttl=self.config.cache.ttl)
+            ns.check()
+            self.trees.append(MountedTree(mount, ns))
+
+    def mount_all(self) -> None:
+        """Start one FUSE session per tree and wait until each answers."""
+        for tree in self.trees:
+            tree.thread = threading.Thread(target=self._serve, args=(tree,), daemon=True,
+                                           name=f"fuse {tree.config.mountpoint}")
+            tree.thread.start()
+        deadline = time.monotonic() + MOUNT_TIMEOUT
+        for tree in self.trees:
+            while not _answers(tree.config.mountpoint):
+                if tree.error is not None or not tree.thread.is_alive():
+                    raise ZipmountError(f"mounting {tree.config.mountpoint} failed: "
+                                        f"{tree.error or 'FUSE exited (see the log)'}")
+                if time.monotonic() > deadline:
+                    raise ZipmountError(f"mounting {tree.config.mountpoint} timed out")
+                time.sleep(0.02)
+            log.info("mounted %s on %s", tree.config.source, tree.config.mountpoint)
+
+    def _serve(self, tree: MountedTree) -> None:
+        opts = tree.config.options
+        ops = ZipOperations(tree.namespace, self.stats, uid=opts.uid, gid=opts.gid,
+                            umask=opts.umask)
+        ttl = self.config.cache.ttl
+        kwargs: dict[str, object] = {
+            "foreground": True, "ro": True, "fsname": _fsname(tree.config.source),
+            "subtype": "zipmount", "default_permissions": True, "auto_cache": True,
+            "entry_timeout": ttl, "attr_timeout": ttl, "negative_timeout": ttl,
+        }
+        if opts.allow_other:
+            kwargs["allow_other"] = True
+        try:
+            FUSE(ops, tree.config.mountpoint, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - reported to the main thread
+            tree.error = exc
+            log.error("FUSE session for %s ended: %s", tree.config.mountpoint, exc)
+
+    def run(self, on_ready: Callable[[], None]) -> int:
+        """Serve until SIGTERM/SIGINT/SIGHUP or until every mount is unmounted; return 0."""
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda *_: self._stop.set())
+        try:
+            self.prepare()
+            if self.config.metrics_listen:
+                from .metrics import serve_metrics
+
+                try:
+                    serve_metrics(self.config.metrics_listen, self.stats)
+                except OSError as exc:
+                    raise ZipmountError(f"metrics endpoint {self.config.metrics_listen}: "
+                                        f"{exc.strerror}") from None
+            self.mount_all()
+        except BaseException:
+            self.shutdown()
+            raise
+        on_ready()
+        notify(f"READY=1\nSTATUS={self.status()}")
+        while not self._stop.wait(5):
+            if not any(t.thread and t.thread.is_alive() for t in self.trees):
+                log.info("every mount was unmounted from outside; exiting")
+                break
+            notify(f"STATUS={self.status()}")
+        notify("STOPPING=1")
+        self.shutdown()
+        return 0
+
+    def status(self) -> str:
+        g = self._gauges()
+        return (f"{len(self.trees)} mount(s), {g['open_archives']} archive(s) open, cache "
+                f"{g['memory_cache_bytes'] / 2**20:.0f} MiB memory, "
+                f"{g['disk_cache_bytes'] / 2**20:.0f} MiB disk")
+
+    def shutdown(self) -> None:
+        for tree in self.trees:
+            if tree.thread is not None and mount_state(tree.config.mountpoint) != "free":
+                if not unmount(tree.config.mountpoint):
+                    log.warning("%s is busy; detaching it lazily", tree.config.mountpoint)
+                    unmount(tree.config.mountpoint, lazy=True)
+                log.info("unmounted %s", tree.config.mountpoint)
+        for tree in self.trees:
+            if tree.thread is not None:
+                tree.thread.join(timeout=10)
+        self.cache.close()
+
+
+def _answers(mountpoint: str) -> bool:
+    if not os.path.ismount(mountpoint):
+        return False
+    try:
+        os.stat(mountpoint)
+        return True
+    except OSError:
+        return False
+
+
+def _fsname(source: str) -> str:
+    return "zipmount:" + source.replace(",", "_").replace(" ", "_")
+
+
+def run_foreground(config: Config, ready_fd: int | None = None) -> int:
+    """Serve ``config`` in this process. With ``ready_fd``, report readiness on that pipe."""
+
+    def report(message: str) -> None:
+        if ready_fd is not None:
+            try:
+                os.write(ready_fd, message.encode() + b"\n")
+                os.close(ready_fd)
+            except OSError:
+                pass
+
+    daemon = Daemon(config)
+    try:
+        return daemon.run(on_ready=lambda: report("ready"))
+    except SourceError as exc:
+        report(f"error: {exc}")
+        raise
+    except ZipmountError as exc:
+        report(f"error: {exc}")
+        raise
+
+
+def run_background(argv: list[str], log_file: str | None) -> int:
+    """Start ``zipmount <argv> --foreground`` detached; return once it is ready (0) or failed."""
+    import sys
+
+    read_fd, write_fd = os.pipe()
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    child = subprocess.Popen(
+        [sys.executable, "-m", "zipmount", *argv, "--foreground", "--ready-fd", str(write_fd)],
+        pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+        start_new_session=True,
+    )
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        message = pipe.readline().strip()
+    if message == "ready":
+        return 0
+    child.wait(timeout=60)
+    if message.startswith("error: "):
+        raise ZipmountError(message[len("error: "):])
+    raise ZipmountError(f"the daemon exited with status {child.returncode} before mounting"
+                        + (f" (see {log_file})" if log_file else ""))

@@ -1,0 +1,165 @@
+"""FUSE layer: a thin fusepy ``Operations`` over a :class:`Namespace` — translation to errno only."""
+
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import json
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fuse import FuseOSError, Operations
+
+from .archive import MemberReader
+from .errors import ZipmountError
+from .namespace import Namespace
+from .stats import Stats
+
+log = logging.getLogger(__name__)
+
+STATS_XATTR = "user.zipmount.stats"
+_KIND_BITS = {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "link": stat.S_IFLNK}
+
+
+def _errno_of(exc: BaseException) -> int:
+    if isinstance(exc, ZipmountError):
+        return exc.errno
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    return errno.EIO
+
+
+def _translated(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn every failure into an errno; unexpected ones are logged with a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(self: ZipOperations, *args: Any) -> Any:
+        try:
+            return fn(self, *args)
+        except FuseOSError:
+            raise
+        except ZipmountError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
+                log.warning("%s %s: %s (errno %s)", fn.__name__, args[0] if args else "", exc,
+                            errno.errorcode.get(exc.errno, exc.errno))
+            raise FuseOSError(exc.errno) from None
+        except Exception as exc:
+            log.exception("%s %s failed unexpectedly", fn.__name__, args[0] if args else "")
+            raise FuseOSError(_errno_of(exc)) from None
+
+    return wrapper
+
+
+def _read_only(*_: Any) -> None:
+    raise FuseOSError(errno.EROFS)
+
+
+class ZipOperations(Operations):
+    """Read-only operations; every write-like call answers EROFS."""
+
+    use_ns = True  # fusepy: times are integer nanoseconds
+
+    def __init__(self, namespace: Namespace, stats: Stats, *, uid: int | None = None,
+                 gid: int | None = None, umask: int | None = None) -> None:
+        self.ns = namespace
+        self.stats = stats
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+        self.umask = umask or 0
+        self._handles: dict[int, MemberReader] = {}
+        self._handle_locks: dict[int, threading.Lock] = {}
+        self._next_fh = itertools.count(1)
+
+    # -- metadata -------------------------------------------------------------------------------
+
+    @_translated
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        node = self.ns.getattr(path)
+        return {
+            "st_mode": _KIND_BITS[node.kind] | (node.mode & ~self.umask),
+            "st_nlink": 2 if node.kind == "dir" else 1,
+            "st_size": node.size,
+            "st_mtime": node.mtime_ns,
+            "st_ctime": node.mtime_ns,
+            "st_atime": node.mtime_ns,
+            "st_uid": self.uid,
+            "st_gid": self.gid,
+            "st_blocks": (node.size + 511) // 512,
+        }
+
+    @_translated
+    def readdir(self, path: str, fh: int) -> list[str]:
+        return [".", "..", *self.ns.listdir(path)]
+
+    @_translated
+    def readlink(self, path: str) -> str:
+        return self.ns.readlink(path)
+
+    @_translated
+    def access(self, path: str, amode: int) -> int:
+        self.ns.getattr(path)
+        if amode & os.W_OK:
+            raise FuseOSError(errno.EROFS)
+        return 0
+
+    def statfs(self, path: str) -> dict[str, int]:
+        return {"f_bsize": 65536, "f_frsize": 65536, "f_namemax": 255}
+
+    # -- data -------------------------------------------------------------------------------------
+
+    @_translated
+    def open(self, path: str, flags: int) -> int:
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
+            raise FuseOSError(errno.EROFS)
+        reader = self.ns.open(path)
+        fh = next(self._next_fh)
+        self._handles[fh] = reader
+        self._handle_locks[fh] = threading.Lock()
+        return fh
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        t0 = time.monotonic()
+        try:
+            with self._handle_locks[fh]:
+                data = self._handles[fh].read(offset, size)
+        except Exception as exc:
+            self.stats.record_read(0, time.monotonic() - t0, failed=True)
+            code = _errno_of(exc)
+            if isinstance(exc, ZipmountError):
+                log.warning("read %s at %d: %s (errno %s)", path, offset, exc,
+                            errno.errorcode.get(code, code))
+            else:
+                log.exception("read %s at %d failed unexpectedly", path, offset)
+            raise FuseOSError(code) from None
+        self.stats.record_read(len(data), time.monotonic() - t0)
+        return data
+
+    def release(self, path: str, fh: int) -> int:
+        reader = self._handles.pop(fh, None)
+        self._handle_locks.pop(fh, None)
+        if reader is not None:
+            reader.close()
+        return 0
+
+    # -- observability ----------------------------------------------------------------------------
+
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        if path == "/" and name == STATS_XATTR:
+            self.stats.set_gauge("open_archives", self.ns.open_archives())
+            self.stats.set_gauge("open_files", len(self._handles))
+            return json.dumps(self.stats.snapshot()).encode()
+        raise FuseOSError(errno.ENODATA)
+
+    def listxattr(self, path: str) -> list[str]:
+        return [STATS_XATTR] if path == "/" else []
+
+    # -- everything that would write ----------------------------------------------------------------
+
+    chmod = chown = create = link = mkdir = mknod = rename = rmdir = _read_only
+    setxattr = removexattr = symlink = truncate = unlink = utimens = write = _read_only

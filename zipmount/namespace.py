@@ -1,0 +1,294 @@
+"""Namespace layer: the mounted tree, for one archive or for a prefix of many archives.
+
+A prefix mount lists the prefix once (one paginated listing) and shows every object whose name ends
+with a configured suffix as a directory; each archive's index is read on first access only, so a
+prefix of thousands of archives mounts instantly. Listings and archive identities are revalidated
+after ``ttl`` seconds; while the store is unreachable the last good view keeps being served.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import posixpath
+import threading
+import time
+from dataclasses import dataclass
+
+from .archive import Archive, CachedObject, Entry, MemberReader
+from .cache import BlockCache
+from .errors import ArchiveError, ObjectNotFound, SourceError, ZipmountError
+from .source import ObjectInfo, Source
+from .stats import Stats
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SUFFIXES = (".zip", ".rkns")
+
+
+class NotFound(ZipmountError):
+    errno = errno.ENOENT
+
+
+class NotADirectory(ZipmountError):
+    errno = errno.ENOTDIR
+
+
+class IsADirectory(ZipmountError):
+    errno = errno.EISDIR
+
+
+class NotASymlink(ZipmountError):
+    errno = errno.EINVAL
+
+
+@dataclass(frozen=True)
+class Node:
+    """What ``getattr`` needs to know of one path."""
+
+    kind: str  # "dir", "file" or "link"
+    size: int
+    mtime_ns: int
+    mode: int
+    method: int | None = None  # zip compression method of a member
+
+
+class ArchiveSlot:
+    """One archive in the tree: opened on first use, revalidated after the TTL.
+
+    An archive that cannot be read shows as an empty directory (and one log line); it never
+    affects its siblings.
+    """
+
+    def __init__(self, ns: Namespace, obj: ObjectInfo) -> None:
+        self.ns = ns
+        self.obj = obj
+        self._archive: Archive | None = None
+        self._broken: ZipmountError | None = None
+        self._checked = time.monotonic()
+        self._lock = threading.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        return self._archive is not None
+
+    def node(self) -> Node:
+        return Node("dir", 0, int(self.obj.mtime * 1e9), 0o555)
+
+    def replace(self, obj: ObjectInfo) -> None:
+        """Switch to a new identity seen in a listing (drops the old index)."""
+        with self._lock:
+            if obj.etag != self.obj.etag or obj.size != self.obj.size:
+                log.info("archive %s changed on the server (ETag %s -> %s)", obj.path,
+                         self.obj.etag, obj.etag)
+                self.obj, self._archive, self._broken = obj, None, None
+            self._checked = time.monotonic()
+
+    def archive(self, strict: bool = False) -> Archive | None:
+        """The open archive, or None if it is broken (``strict``: raise instead)."""
+        with self._lock:
+            if self.ns.single and time.monotonic() - self._checked > self.ns.ttl:
+                self._revalidate()
+            if self._archive is None and (self._broken is None or strict):
+                try:
+                    cached = CachedObject(self.ns.source, self.obj, self.ns.cache)
+                    self._archive = Archive.open(cached, self.ns.cache.disk)
+                    self._broken = None
+                    self.ns.stats.add("archives_opened")
+                    log.info("opened archive %s (%d entries, ETag %s)", self.obj.path,
+                             len(self._archive.entries), self.obj.etag)
+                except ZipmountError as exc:
+                    if strict:
+                        raise
+                    self._broken = exc
+                    log.error("cannot open archive %s: %s", self.obj.path, exc)
+            return self._archive
+
+    def _revalidate(self) -> None:
+        self._checked = time.monotonic()
+        try:
+            obj = self.ns.source.stat(self.obj.path)
+        except ObjectNotFound:
+            log.warning("archive %s was deleted on the server", self.obj.path)
+            self._archive, self._broken = None, ObjectNotFound(f"{self.obj.path}: deleted")
+            self.ns.deleted = True
+            return
+        except SourceError as exc:
+            log.warning("cannot revalidate %s, serving the last good version: %s",
+                        self.obj.path, exc)
+            return
+        if obj is not None and (obj.etag != self.obj.etag or obj.size != self.obj.size):
+            log.info("archive %s changed on the server (ETag %s -> %s)", obj.path,
+                     self.obj.etag, obj.etag)
+            self.obj, self._archive, self._broken = obj, None, None
+
+
+class Namespace:
+    """The tree under one mountpoint: one archive (``single``) or a prefix of archives."""
+
+    def __init__(self, source: Source, path: str, cache: BlockCache, stats: Stats, *,
+                 suffixes: tuple[str, ...] = DEFAULT_SUFFIXES, root: str | None = None,
+                 ttl: float = 60.0) -> None:
+        self.source = source
+        self.path = path
+        self.cache = cache
+        self.stats = stats
+        self.suffixes = tuple(s.lower() for s in suffixes)
+        self.root = (root or "").strip("/")
+        self.ttl = ttl
+        self.single = False
+        self.deleted = False
+        self._slots: dict[str, ArchiveSlot] = {}  # mount-relative path -> archive
+        self._dirs: dict[str, set[str]] = {"": set()}
+        self._listed = 0.0
+        self._lock = threading.Lock()
+        self.mtime_ns = time.time_ns()
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Connect and validate the source: raises a one-line error if it cannot be served."""
+        obj = None if self.path.endswith("/") else self.source.stat(self.path)
+        if obj is not None:
+            self.single = True
+            slot = self._slots[""] = ArchiveSlot(self, obj)
+            archive = slot.archive(strict=True)
+            if archive is not None and self.root and self.root not in archive.children:
+                raise ArchiveError(f"--root {self.root!r} is not a directory in {obj.path}")
+            return
+        self._relist(strict=True)
+
+    def _relist(self, strict: bool = False) -> None:
+        try:
+            objects = self.source.list_objects(self.path)
+        except SourceError as exc:
+            if strict:
+                raise
+            log.warning("cannot relist %s, serving the last listing: %s", self.path, exc)
+            self._listed = time.monotonic()
+            return
+        prefix = self.path.rstrip("/") + "/"
+        slots: dict[str, ArchiveSlot] = {}
+        dirs: dict[str, set[str]] = {"": set()}
+        for obj in objects:
+            if not obj.path.startswith(prefix) or not obj.path.lower().endswith(self.suffixes):
+                continue
+            rel = obj.path[len(prefix):]
+            old = self._slots.get(rel)
+            if old is not None:
+                old.replace(obj)
+                slots[rel] = old
+            else:
+                slots[rel] = ArchiveSlot(self, obj)
+            parent, _, base = rel.rpartition("/")
+            dirs.setdefault(parent, set()).add(base)
+            while parent:
+                grand, _, base = parent.rpartition("/")
+                dirs.setdefault(grand, set()).add(base)
+                parent = grand
+        if strict and not objects and not self.source.fs.exists(self.path):
+            raise ObjectNotFound(f"not found: {self.path}")
+        with self._lock:
+            self._slots, self._dirs = slots, dirs
+            self._listed = time.monotonic()
+        log.info("listed %s: %d archives", self.path, len(slots))
+
+    def _fresh(self) -> None:
+        if not self.single and time.monotonic() - self._listed > self.ttl:
+            self._relist()
+
+    # -- lookups ----------------------------------------------------------------------------------
+
+    def _split(self, path: str) -> tuple[ArchiveSlot | None, str]:
+        """The archive holding ``path`` and the path inside it (``None``: a virtual directory)."""
+        rel = path.strip("/")
+        if self.single:
+            return self._slots[""], rel
+        self._fresh()
+        parts = rel.split("/") if rel else []
+        for i in range(1, len(parts) + 1):
+            slot = self._slots.get("/".join(parts[:i]))
+            if slot is not None:
+                return slot, "/".join(parts[i:])
+        return None, rel
+
+    def _inner(self, archive: Archive, inner: str) -> Entry | None:
+        name = posixpath.join(self.root, inner).strip("/") if self.root else inner
+        if not name:
+            return None
+        entry = archive.entries.get(name)
+        if entry is None:
+            raise NotFound(name)
+        return entry
+
+    def _archive(self, slot: ArchiveSlot) -> Archive | None:
+        archive = slot.archive()
+        if self.single and self.deleted and archive is None:
+            raise NotFound(slot.obj.path)
+        return archive
+
+    def getattr(self, path: str) -> Node:
+        slot, inner = self._split(path)
+        if slot is None:
+            if inner in self._dirs:
+                return Node("dir", 0, self.mtime_ns, 0o555)
+            raise NotFound(path)
+        archive = self._archive(slot)
+        if archive is None:
+            if inner:
+                raise NotFound(path)
+            return slot.node()
+        entry = self._inner(archive, inner)
+        if entry is None:
+            return slot.node() if not self.single else Node("dir", 0, slot.node().mtime_ns, 0o555)
+        # The CRC in the sub-second part of mtime lets the kernel (auto_cache) drop cached pages
+        # of a member whose content changed even when its size and DOS timestamp did not.
+        return Node(entry.kind, entry.size, entry.mtime_ns + entry.crc % 10**9, entry.mode,
+                    None if entry.kind == "dir" else entry.method)
+
+    def listdir(self, path: str) -> list[str]:
+        slot, inner = self._split(path)
+        if slot is None:
+            names = self._dirs.get(inner)
+            if names is None:
+                raise NotFound(path)
+            return sorted(names)
+        archive = self._archive(slot)
+        if archive is None:
+            if inner:
+                raise NotFound(path)
+            return []
+        name = posixpath.join(self.root, inner).strip("/") if self.root else inner
+        names = archive.children.get(name)
+        if names is None:
+            raise NotADirectory(path) if name in archive.entries else NotFound(path)
+        return names
+
+    def _entry(self, path: str) -> tuple[Archive, Entry]:
+        slot, inner = self._split(path)
+        if slot is None:
+            raise IsADirectory(path) if inner in self._dirs else NotFound(path)
+        archive = self._archive(slot)
+        if archive is None:
+            raise NotFound(path) if inner else IsADirectory(path)
+        entry = self._inner(archive, inner)
+        if entry is None or entry.kind == "dir":
+            raise IsADirectory(path)
+        return archive, entry
+
+    def open(self, path: str) -> MemberReader:
+        archive, entry = self._entry(path)
+        try:
+            return archive.reader(entry)
+        except ZipmountError as exc:
+            log.error("open %s failed: %s", path, exc)
+            raise
+
+    def readlink(self, path: str) -> str:
+        archive, entry = self._entry(path)
+        if entry.kind != "link":
+            raise NotASymlink(f"{path}: not a symlink")
+        return archive.readlink(entry)
+
+    def open_archives(self) -> int:
+        return sum(1 for slot in list(self._slots.values()) if slot.is_open)
