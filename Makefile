@@ -1,0 +1,47 @@
+# zipmount — the two commands of the README work on a fresh Debian machine:
+#   make demo   mount a bucket served by an embedded S3 server and read zarr arrays through it
+#   make test   the whole suite (real FUSE mounts, real S3 server processes on loopback)
+PYTHON ?= python3
+VENV := .venv
+ZARR3_VENV := .venv-zarr3
+PIP_FLAGS := --quiet --disable-pip-version-check
+
+.PHONY: all system-deps venv test lint demo bench fuzz clean
+
+all: test
+
+system-deps:
+	@scripts/ensure-system-deps.sh
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[test]'
+	touch $@
+
+# zarr-python 3 cannot share an environment with zarr-python 2: its client checks run here.
+$(ZARR3_VENV)/.installed:
+	$(PYTHON) -m venv $(ZARR3_VENV)
+	$(ZARR3_VENV)/bin/pip install $(PIP_FLAGS) 'zarr>=3' numpy
+	touch $@
+
+venv: $(VENV)/.installed $(ZARR3_VENV)/.installed
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check zipmount tests bench scripts
+
+test: system-deps venv lint
+	$(VENV)/bin/python -m pytest tests
+
+demo: system-deps $(VENV)/.installed
+	$(VENV)/bin/python scripts/demo.py
+
+bench: venv
+	@scripts/ensure-system-deps.sh nginx-light
+	$(VENV)/bin/python -m bench.run
+
+fuzz: $(VENV)/.installed
+	ZIPMOUNT_FUZZ_EXAMPLES=20000 $(VENV)/bin/python -m pytest tests/test_fuzz.py
+
+clean:
+	rm -rf $(VENV) $(ZARR3_VENV) .bench .demo build *.egg-info
