@@ -213,7 +213,6 @@ def _s3_filesystem(options: StorageOptions) -> fsspec.AbstractFileSystem:
         "endpoint_url": options.endpoint_url,
         "client_kwargs": client_kwargs,
         "config_kwargs": config_kwargs,
-        "retries": 1,
         "use_listings_cache": False,
         "skip_instance_cache": True,
     }
@@ -224,7 +223,9 @@ def _s3_filesystem(options: StorageOptions) -> fsspec.AbstractFileSystem:
         kwargs["secret"] = options.secret_key
     elif options.profile:
         kwargs["profile"] = options.profile
-    return s3fs.S3FileSystem(**kwargs)
+    fs = s3fs.S3FileSystem(**kwargs)
+    fs.retries = 1  # s3fs's own retry loop: off, Source._call retries inside one deadline
+    return fs
 
 
 def _object_info(path: str, info: dict[str, Any]) -> ObjectInfo:
@@ -258,6 +259,8 @@ def _is_transient(exc: BaseException, err: ZipmountError) -> bool:
     if isinstance(err, ObjectNotFound | ObjectChanged):
         return False
     text = " ".join(f"{type(e).__name__} {e}" for e in _causes(exc))
+    if any(isinstance(e, TypeError | AttributeError | NameError) for e in _causes(exc)):
+        return False  # a bug, not the network
     permanent = ("certificate", "SSL", "AccessDenied", "InvalidAccessKeyId", "Signature",
                  "NoCredentials", "PermissionError", "Forbidden")
     return not any(p in text for p in permanent)
