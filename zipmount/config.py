@@ -137,7 +137,11 @@ def load_config(path: str) -> Config:
     if storage.get("secret_key"):
         _warn_if_readable(path)
     if env_file:
+        if not os.path.isfile(env_file):
+            raise UsageError(f"{where}: storage.env_file {env_file} not found")
         apply_env_file(cfg.storage, env_file)
+    if cfg.storage.ca_bundle and not os.path.isfile(cfg.storage.ca_bundle):
+        raise UsageError(f"{where}: storage.ca_bundle {cfg.storage.ca_bundle} not found")
     cache = _section(doc, "cache", _CACHE_KEYS, where)
     if "memory" in cache:
         cfg.cache.memory = parse_size(cache["memory"], f"{where}: cache.memory")
