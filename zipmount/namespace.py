@@ -82,13 +82,19 @@ class ArchiveSlot:
                 log.info("archive %s changed on the server (ETag %s -> %s)", obj.path,
                          self.obj.etag, obj.etag)
                 self.obj, self._archive, self._broken = obj, None, None
+            elif isinstance(self._broken, ObjectNotFound):  # deleted, now back
+                self._broken = None
             self._checked = time.monotonic()
 
     def archive(self, strict: bool = False) -> Archive | None:
         """The open archive, or None if it is broken (``strict``: raise instead)."""
         with self._lock:
             if self.ns.single and time.monotonic() - self._checked > self.ns.ttl:
-                self._revalidate()
+                # Revalidate in the background: readers keep the current view meanwhile, so a
+                # slow or dead endpoint never stalls lookups of what is already known.
+                self._checked = time.monotonic()
+                threading.Thread(target=self._revalidate, daemon=True,
+                                 name="zipmount-revalidate").start()
             if self._archive is None and (self._broken is None or strict):
                 try:
                     cached = CachedObject(self.ns.source, self.obj, self.ns.cache)
@@ -105,22 +111,21 @@ class ArchiveSlot:
             return self._archive
 
     def _revalidate(self) -> None:
-        self._checked = time.monotonic()
         try:
             obj = self.ns.source.stat(self.obj.path)
         except ObjectNotFound:
             log.warning("archive %s was deleted on the server", self.obj.path)
-            self._archive, self._broken = None, ObjectNotFound(f"{self.obj.path}: deleted")
-            self.ns.deleted = True
+            with self._lock:
+                self._archive, self._broken = None, ObjectNotFound(f"{self.obj.path}: deleted")
+                self.ns.deleted = True
             return
         except SourceError as exc:
             log.warning("cannot revalidate %s, serving the last good version: %s",
                         self.obj.path, exc)
             return
-        if obj is not None and (obj.etag != self.obj.etag or obj.size != self.obj.size):
-            log.info("archive %s changed on the server (ETag %s -> %s)", obj.path,
-                     self.obj.etag, obj.etag)
-            self.obj, self._archive, self._broken = obj, None, None
+        if obj is not None:
+            self.ns.deleted = False
+            self.replace(obj)
 
 
 class Namespace:
@@ -141,6 +146,7 @@ class Namespace:
         self._slots: dict[str, ArchiveSlot] = {}  # mount-relative path -> archive
         self._dirs: dict[str, set[str]] = {"": set()}
         self._listed = 0.0
+        self._relisting = False
         self._lock = threading.Lock()
         self.mtime_ns = time.time_ns()
 
@@ -194,8 +200,19 @@ class Namespace:
         log.info("listed %s: %d archives", self.path, len(slots))
 
     def _fresh(self) -> None:
-        if not self.single and time.monotonic() - self._listed > self.ttl:
+        """Relist in the background once the listing is older than the TTL."""
+        with self._lock:
+            if self.single or self._relisting or time.monotonic() - self._listed <= self.ttl:
+                return
+            self._relisting = True
+        threading.Thread(target=self._relist_in_background, daemon=True,
+                         name="zipmount-relist").start()
+
+    def _relist_in_background(self) -> None:
+        try:
             self._relist()
+        finally:
+            self._relisting = False
 
     # -- lookups ----------------------------------------------------------------------------------
 
