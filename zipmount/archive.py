@@ -172,6 +172,10 @@ class Archive:
         self.cached = cached
         self.entries = entries
         self.children = children
+        self.subdirs: dict[str, int] = dict.fromkeys(children, 0)  # for st_nlink
+        for name, entry in entries.items():
+            if entry.kind == "dir":
+                self.subdirs[name.rpartition("/")[0]] += 1
         self.disk = disk
         self._data_offsets: dict[str, int] = {}
         self._verified: set[str] = set()

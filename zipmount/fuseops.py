@@ -83,7 +83,7 @@ class ZipOperations(Operations):
         node = self.ns.getattr(path)
         return {
             "st_mode": _KIND_BITS[node.kind] | (node.mode & ~self.umask),
-            "st_nlink": 2 if node.kind == "dir" else 1,
+            "st_nlink": node.nlink,
             "st_size": node.size,
             "st_mtime": node.mtime_ns,
             "st_ctime": node.mtime_ns,

@@ -51,6 +51,7 @@ class Node:
     mtime_ns: int
     mode: int
     method: int | None = None  # zip compression method of a member
+    nlink: int = 1  # directories: 2 + subdirectories
 
 
 class ArchiveSlot:
@@ -73,7 +74,9 @@ class ArchiveSlot:
         return self._archive is not None
 
     def node(self) -> Node:
-        return Node("dir", 0, int(self.obj.mtime * 1e9), 0o555)
+        archive = self._archive
+        subdirs = archive.subdirs.get(self.ns.root, 0) if archive is not None else 0
+        return Node("dir", 0, int(self.obj.mtime * 1e9), 0o555, nlink=2 + subdirs)
 
     def replace(self, obj: ObjectInfo) -> None:
         """Switch to a new identity seen in a listing (drops the old index)."""
@@ -247,9 +250,13 @@ class Namespace:
     def getattr(self, path: str) -> Node:
         slot, inner = self._split(path)
         if slot is None:
-            if inner in self._dirs:
-                return Node("dir", 0, self.mtime_ns, 0o555)
-            raise NotFound(path)
+            names = self._dirs.get(inner)
+            if names is None:
+                raise NotFound(path)
+            prefix = f"{inner}/" if inner else ""
+            subdirs = sum(1 for n in names if f"{prefix}{n}" in self._dirs or
+                          f"{prefix}{n}" in self._slots)
+            return Node("dir", 0, self.mtime_ns, 0o555, nlink=2 + subdirs)
         archive = self._archive(slot)
         if archive is None:
             if inner:
@@ -257,11 +264,13 @@ class Namespace:
             return slot.node()
         entry = self._inner(archive, inner)
         if entry is None:
-            return slot.node() if not self.single else Node("dir", 0, slot.node().mtime_ns, 0o555)
+            return slot.node()
+        if entry.kind == "dir":
+            return Node("dir", 0, entry.mtime_ns, entry.mode, nlink=2 + archive.subdirs[entry.name])
         # The CRC in the sub-second part of mtime lets the kernel (auto_cache) drop cached pages
         # of a member whose content changed even when its size and DOS timestamp did not.
         return Node(entry.kind, entry.size, entry.mtime_ns + entry.crc % 10**9, entry.mode,
-                    None if entry.kind == "dir" else entry.method)
+                    entry.method)
 
     def listdir(self, path: str) -> list[str]:
         slot, inner = self._split(path)
