@@ -1,0 +1,1 @@
+"""Benchmark harness for zipmount (see docs/BENCHMARKS.md)."""
