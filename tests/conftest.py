@@ -1,0 +1,212 @@
+"""Fixtures for zipmount's end-to-end tests.
+
+Session-wide: one real `moto_server` over HTTPS (CA and certificate made here), with IAM
+authentication enforced after the sample archives are uploaded to bucket `data`:
+
+    s3://data/single/stored.zip      generic archive, every member ZIP_STORED, implied dirs
+    s3://data/single/deflated.zip    same files, text members deflated, implied dirs
+    s3://data/single/explicit.zip    same files, deflated, explicit directory entries
+    s3://data/rec/a.rkns             zarr v2 group (RKNS-like), consolidated metadata
+    s3://data/rec/sub/b.rkns         zarr v2 group, nested chunk keys, no consolidated metadata
+    s3://data/rec/c.zip              small generic archive with explicit dirs
+    s3://data/rec/notes.txt          not an archive: must stay hidden in a prefix mount
+    s3://data/v3/group.zip           zarr v3 group (bytes, gzip, sharding codecs)
+    s3://data/bad/notzip.zip         random bytes named .zip
+    s3://data/bad/truncated.zip      first half of a real archive
+
+Tests in tests/test_e2e_*.py need FUSE; when /dev/fuse or fusermount is missing they FAIL
+(never skip) with a message saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from support import archives  # noqa: E402
+from support.archives import ArchiveContents  # noqa: E402
+from support.mount import (  # noqa: E402
+    Zipmount,
+    cleanup,
+    fusermount_exe,
+    mounts_under,
+    pids_with_marker,
+    zipmount_exe,
+)
+from support.s3server import MotoS3Server, moto_s3_server  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+BUCKET = "data"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "e2e: end-to-end test through a real FUSE mount and a real S3 server"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if Path(str(item.fspath)).name.startswith("test_e2e_"):
+            item.add_marker(pytest.mark.e2e)
+
+
+def fuse_problem() -> str | None:
+    """Why FUSE mounts cannot work here, or None."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse does not exist (load the fuse module / run the container with --device /dev/fuse)"
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        return "/dev/fuse is not readable and writable by this user"
+    if fusermount_exe() is None:
+        return "neither fusermount nor fusermount3 is on PATH (apt-get install fuse3 or fuse)"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _require_fuse_for_e2e(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("e2e") is None:
+        return
+    problem = fuse_problem()
+    if problem:
+        pytest.fail(f"end-to-end tests need FUSE, and {problem}", pytrace=False)
+    if not zipmount_exe().exists():
+        pytest.fail(
+            f"{zipmount_exe()} not found: install the package into this venv "
+            f"(pip install -e '.[test]' or `make test`)",
+            pytrace=False,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# sample data
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Samples:
+    stored: ArchiveContents
+    deflated: ArchiveContents
+    explicit: ArchiveContents
+    rkns_a: ArchiveContents
+    rkns_b: ArchiveContents
+    small_c: ArchiveContents
+    v3: ArchiveContents
+    notes: bytes
+    notzip: bytes
+    truncated: bytes
+
+    def objects(self) -> dict[str, bytes]:
+        return {
+            "single/stored.zip": self.stored.data,
+            "single/deflated.zip": self.deflated.data,
+            "single/explicit.zip": self.explicit.data,
+            "rec/a.rkns": self.rkns_a.data,
+            "rec/sub/b.rkns": self.rkns_b.data,
+            "rec/c.zip": self.small_c.data,
+            "rec/notes.txt": self.notes,
+            "v3/group.zip": self.v3.data,
+            "bad/notzip.zip": self.notzip,
+            "bad/truncated.zip": self.truncated,
+        }
+
+    def by_key(self, key: str) -> ArchiveContents:
+        return {
+            "single/stored.zip": self.stored,
+            "single/deflated.zip": self.deflated,
+            "single/explicit.zip": self.explicit,
+            "rec/a.rkns": self.rkns_a,
+            "rec/sub/b.rkns": self.rkns_b,
+            "rec/c.zip": self.small_c,
+            "v3/group.zip": self.v3,
+        }[key]
+
+
+@pytest.fixture(scope="session")
+def samples() -> Samples:
+    small = archives.generic_archive(2, compression="mixed", explicit_dirs=True, big=False)
+    return Samples(
+        stored=archives.generic_archive(1, compression="stored"),
+        deflated=archives.generic_archive(1, compression="mixed"),
+        explicit=archives.generic_archive(1, compression="mixed", explicit_dirs=True),
+        rkns_a=archives.rkns_v2_archive(7),
+        rkns_b=archives.rkns_v2_archive(8, nested_chunks=True, consolidated=False),
+        small_c=small,
+        v3=archives.zarr_v3_archive(11),
+        notes=b"plain text, not an archive\n" * 10,
+        notzip=archives.not_a_zip(3),
+        truncated=archives.truncated_zip(small),
+    )
+
+
+@pytest.fixture(scope="session")
+def e2e_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="session")
+def s3(e2e_dir: Path, samples: Samples):
+    """The running server, bucket `data` filled, IAM auth enforced (good keys: s3.access_key,
+    s3.secret_key)."""
+    with moto_s3_server(e2e_dir / "s3") as server:
+        server.create_bucket(BUCKET)
+        for key, data in samples.objects().items():
+            server.put_bytes(BUCKET, key, data)
+        server.enable_auth()
+        yield server
+
+
+@pytest.fixture(scope="session")
+def other_ca(e2e_dir: Path) -> Path:
+    """A CA certificate unrelated to the server's: for the wrong-CA test."""
+    from support.tlsgen import make_ca
+
+    return make_ca(e2e_dir / "other-ca", "unrelated CA").cert_path
+
+
+@pytest.fixture(scope="session")
+def zm(s3: MotoS3Server, e2e_dir: Path):
+    """Runs the zipmount CLI against the test server with good credentials. At session end,
+    fails if any mount or daemon under the session directory was left behind."""
+    runner = Zipmount(
+        workdir=e2e_dir / "zm",
+        endpoint_url=s3.endpoint_url,
+        ca_bundle=s3.ca_bundle,
+        access_key=s3.access_key,
+        secret_key=s3.secret_key,
+        region=s3.region,
+    )
+    runner.workdir.mkdir(parents=True, exist_ok=True)
+    yield runner
+    leftover_mounts = mounts_under(runner.workdir)
+    leftover_pids = pids_with_marker(str(runner.workdir))
+    if leftover_mounts or leftover_pids:
+        problems = cleanup(leftover_mounts, [str(runner.workdir)])
+        raise AssertionError(
+            f"left behind at session end: mounts {leftover_mounts}, pids {leftover_pids}"
+            + (f"; could not clean: {problems}" if problems else "")
+        )
+
+
+@pytest.fixture(scope="session")
+def zarr3_python() -> Path:
+    """The interpreter of the second venv that has zarr-python 3."""
+    py = REPO / ".venv-zarr3" / "bin" / "python"
+    if not py.exists():
+        pytest.fail(
+            f"{py} is missing: the zarr-python 3 checks run in a second venv; "
+            "run `make test` (it builds .venv-zarr3), or create it with "
+            "`python3 -m venv .venv-zarr3 && .venv-zarr3/bin/pip install 'zarr>=3' numpy`",
+            pytrace=False,
+        )
+    return py
+
+
+@pytest.fixture
+def bucket_snapshot(s3: MotoS3Server):
+    """Call to get {key: (size, etag)} of the whole bucket."""
+    return lambda: s3.listing(BUCKET)
+
