@@ -207,7 +207,7 @@ def _s3_filesystem(options: StorageOptions) -> fsspec.AbstractFileSystem:
         "connect_timeout": min(5.0, attempt_timeout),
         "read_timeout": attempt_timeout,
         # Retries are ours (Source._call): one deadline over everything, jittered backoff.
-        "retries": {"max_attempts": 1, "mode": "standard"},
+        "retries": {"total_max_attempts": 1, "mode": "standard"},
     }
     kwargs: dict[str, Any] = {
         "endpoint_url": options.endpoint_url,
