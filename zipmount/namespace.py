@@ -109,6 +109,10 @@ class ArchiveSlot:
                 except ZipmountError as exc:
                     if strict:
                         raise
+                    if isinstance(exc, SourceError) and not isinstance(exc, ObjectNotFound):
+                        # The store failed, not the archive: fail this call, retry on the next.
+                        log.warning("cannot open archive %s now: %s", self.obj.path, exc)
+                        raise
                     self._broken = exc
                     log.error("cannot open archive %s: %s", self.obj.path, exc)
             return self._archive
