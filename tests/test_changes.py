@@ -1,0 +1,255 @@
+"""Objects that change under a live mount: replaced (new ETag) or deleted.
+
+Contract (README "Consistency"): a mount serves one version of each archive at a time. Every
+range GET carries ``If-Match: <ETag of that version>``, so bytes of two versions are never
+mixed: a read needing bytes the cache does not hold fails with ESTALE (or EIO) once the object
+was replaced. The old version is served until revalidation, ``--ttl`` seconds (default 60) after
+the last check; then the new version appears (new opens) and a deleted object is ENOENT. The
+kernel's attribute/entry caches use the same TTL.
+
+The tests use ``--ttl 2``; reads that must reach the daemon (not the kernel page cache) use
+O_DIRECT.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import threading
+import time
+
+import pytest
+from robust.harness import guarded, read_direct, read_file, stack, wait_for
+from robust.zips import plain_zip, random_files
+
+TTL = 2.0
+STALE = (errno.ESTALE, errno.EIO)
+
+
+def _versions(tag: str, n: int = 3) -> list[dict[str, bytes]]:
+    """``n`` versions of one archive's files: same names, new bytes; some sizes change."""
+    out = []
+    for v in range(n):
+        files = random_files(f"{tag}-v{v}", 6, 96 * 1024)
+        files["grows.bin"] = random.Random(f"{tag}{v}").randbytes(40_000 + 30_000 * v)
+        out.append(files)
+    return out
+
+
+@pytest.fixture(scope="module")
+def st(tmp_path_factory):
+    with stack(tmp_path_factory.mktemp("changes")) as s:
+        yield s
+
+
+def _mount(st, key, *extra):
+    return st.mounted(key, "--ttl", str(TTL), "--timeout", "5", *extra)
+
+
+def _classify(data: bytes, name: str, versions: list[dict[str, bytes]], offset: int = 0) -> int:
+    """Which version ``data`` (read at ``offset`` of ``name``) comes from; AssertionError if
+    none (bytes mixed from two versions, or garbage)."""
+    hits = [i for i, v in enumerate(versions) if v[name][offset:offset + len(data)] == data]
+    assert hits, f"{name}@{offset}+{len(data)}: bytes match no single version (mixed/corrupt)"
+    return hits[0]
+
+
+def test_replaced_object_old_version_then_new(st):
+    v1, v2 = _versions("replace", 2)
+    key = "changes/replace.zip"
+    st.put(key, plain_zip(v1))
+    with _mount(st, key) as h:
+        mp = h.mountpoint
+        warm = ["f000.bin", "f001.bin", "grows.bin"]
+        for name in warm:
+            assert read_direct(mp / name, 0, 1 << 20) == v1[name]
+        st.proxy.clear()
+        st.put(key, plain_zip(v2))
+        t_replaced = time.monotonic()
+        # Until revalidation: the cached part of v1 is served, consistently; anything that
+        # would need new bytes fails with ESTALE/EIO (the If-Match GET answers 412).
+        for name in warm:
+            out = guarded(lambda n=name: read_direct(mp / n, 0, 1 << 20), 20)
+            if time.monotonic() - t_replaced < TTL * 0.8:
+                assert out.error in STALE or out.value == v1[name], (name, out)
+        out = guarded(lambda: read_direct(mp / "f004.bin", 0, 1 << 20), 20)
+        if time.monotonic() - t_replaced < TTL * 0.8:
+            assert out.error in STALE, f"uncached member after the change: {out}"
+            assert "ESTALE" in h.stderr() or "changed" in h.stderr(), h.stderr()[-2000:]
+        # After revalidation the new version appears, through the page cache too.
+        def new_version_visible() -> bool:
+            try:
+                return all(read_file(mp / n) == v2[n] for n in v2)
+            except OSError:
+                return False
+        assert wait_for(new_version_visible, TTL * 3 + 5, 0.2), "v2 never appeared"
+        assert os.stat(mp / "grows.bin").st_size == len(v2["grows.bin"])
+        assert h.proc.poll() is None
+
+
+def test_every_range_get_is_pinned_with_if_match(st):
+    v1, v2 = _versions("ifmatch", 2)
+    key = "changes/ifmatch.zip"
+    etag1 = st.put(key, plain_zip(v1))
+    st.put("changes/pfx/one.zip", plain_zip(v1))
+    for source in (key, "changes/pfx/"):
+        with _mount(st, source) as h:
+            st.proxy.clear()
+            base = h.mountpoint if source == key else h.mountpoint / "one.zip"
+            for name in v1:
+                assert read_direct(base / name, 0, 1 << 20) == v1[name]
+            gets = st.proxy.log(lambda r: r.is_range_get)
+            assert gets, "no range GET seen by the proxy"
+            missing = [r.path for r in gets if not r.header("If-Match")]
+            assert not missing, f"range GETs without If-Match: {missing}"
+            if source == key:
+                assert {r.header("If-Match") for r in gets} == {etag1}
+    del v2
+
+
+def test_uncached_read_after_replace_is_estale_never_new_bytes(st):
+    v1, v2 = _versions("estale", 2)
+    key = "changes/estale.zip"
+    st.put(key, plain_zip(v1))
+    with _mount(st, key, "--ttl", "3600") as h:  # no revalidation during this test
+        mp = h.mountpoint
+        assert sorted(os.listdir(mp)) == sorted(v1)
+        st.put(key, plain_zip(v2))
+        # f002/f003 were never fetched; grows.bin (the last member) came with the tail that
+        # held the central directory, so it is still served, as v1.
+        for name in ("f002.bin", "f003.bin", "grows.bin"):
+            out = guarded(lambda n=name: read_direct(mp / n, 0, 1 << 20), 20)
+            if name == "grows.bin":
+                assert out.error in STALE or out.value == v1[name], (name, out)
+            else:
+                assert out.error in STALE, (name, out)
+        log = h.stderr()
+        assert "changed on the server" in log or "ETag" in log, log[-2000:]
+        assert h.proc.poll() is None
+
+
+def test_deleted_object_enoent_after_revalidation(st):
+    (v1,) = _versions("deleted", 1)
+    key = "changes/deleted.zip"
+    st.put(key, plain_zip(v1))
+    with _mount(st, key) as h:
+        mp = h.mountpoint
+        assert read_file(mp / "f000.bin") == v1["f000.bin"]
+        st.delete(key)
+
+        def gone() -> bool:
+            try:
+                os.stat(mp / "f001.bin")
+            except FileNotFoundError:
+                return True
+            return False
+        assert wait_for(gone, TTL * 3 + 5, 0.2), "deleted archive still visible"
+        with pytest.raises(FileNotFoundError):
+            read_file(mp / "f005.bin")
+        assert h.proc.poll() is None
+
+
+def test_deleted_archive_in_prefix_mount(st):
+    (v1,) = _versions("pdel", 1)
+    st.put("changes/pdel/keep.zip", plain_zip(v1))
+    st.put("changes/pdel/gone.zip", plain_zip(v1))
+    with _mount(st, "changes/pdel/") as h:
+        mp = h.mountpoint
+        assert sorted(os.listdir(mp)) == ["gone.zip", "keep.zip"]
+        assert read_file(mp / "gone.zip" / "f000.bin") == v1["f000.bin"]
+        st.delete("changes/pdel/gone.zip")
+        assert wait_for(lambda: sorted(os.listdir(mp)) == ["keep.zip"], TTL * 3 + 5, 0.2)
+
+        def gone() -> bool:
+            try:
+                os.stat(mp / "gone.zip" / "f001.bin")
+            except FileNotFoundError:
+                return True
+            return False
+        assert wait_for(gone, TTL * 3 + 5, 0.2)
+        assert read_file(mp / "keep.zip" / "f001.bin") == v1["f001.bin"]
+
+
+def test_concurrent_readers_never_see_mixed_versions(st):
+    """8 threads open, read in 3 pieces (O_DIRECT: each piece is its own FUSE read) and close
+    members while the object is replaced twice. Each piece must come from one version and all
+    pieces of one open file from the same version; failures may only be ESTALE/EIO. In the end
+    every reader sees the last version."""
+    versions = _versions("concurrent", 3)
+    key = "changes/concurrent.zip"
+    st.put(key, plain_zip(versions[0]))
+    names = sorted(versions[0])
+    stop = threading.Event()
+    problems: list[str] = []
+    seen: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def reader(seed: int, mp) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            name = rng.choice(names)
+            size = min(len(v[name]) for v in versions)
+            cuts = sorted(rng.sample(range(1, size), 2))
+            try:
+                fd = os.open(mp / name, os.O_RDONLY | os.O_DIRECT)
+            except OSError as exc:
+                if exc.errno not in STALE:
+                    problems.append(f"open {name}: {exc}")
+                continue
+            try:
+                got = set()
+                for a, b in ((0, cuts[0]), (cuts[0], cuts[1]), (cuts[1], size)):
+                    data = _pread_direct(fd, a, b - a)
+                    got.add(_classify(data, name, versions, a))
+                if len(got) != 1:
+                    problems.append(f"{name}: one open file served versions {sorted(got)}")
+                version = got.pop()
+                with lock:
+                    seen[version] = seen.get(version, 0) + 1
+            except AssertionError as exc:
+                problems.append(str(exc))
+            except OSError as exc:
+                if exc.errno not in STALE:
+                    problems.append(f"read {name}: {exc}")
+            finally:
+                os.close(fd)
+
+    with _mount(st, key) as h:
+        mp = h.mountpoint
+        threads = [threading.Thread(target=reader, args=(i, mp), daemon=True) for i in range(8)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(1.5)
+            st.put(key, plain_zip(versions[1]))
+            time.sleep(TTL + 1.5)
+            st.put(key, plain_zip(versions[2]))
+            time.sleep(TTL + 1.5)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        assert not any(t.is_alive() for t in threads), "a reader hung"
+        assert not problems, problems[:10]
+        assert len(seen) >= 2, f"readers saw only versions {seen}: no change was exercised"
+
+        def latest() -> bool:
+            return all(read_direct(mp / n, 0, 1 << 20) == versions[2][n] for n in names)
+        assert wait_for(latest, TTL * 3 + 5, 0.2), "the last version never appeared"
+        assert h.proc.poll() is None
+
+
+def _pread_direct(fd: int, offset: int, size: int) -> bytes:
+    """O_DIRECT pread of an unaligned range: read the aligned span, then slice."""
+    import mmap
+
+    start = offset // 4096 * 4096
+    end = offset + size
+    span = (end - start + 4095) // 4096 * 4096
+    buf = mmap.mmap(-1, span)
+    try:
+        n = os.preadv(fd, [buf], start)
+        return bytes(buf[offset - start: min(n, end - start)])
+    finally:
+        buf.close()

@@ -1,0 +1,188 @@
+"""Network faults between a live mount and its S3 endpoint, injected by a real proxy.
+
+The daemon talks to a real moto S3 server through :class:`robust.faultproxy.FaultProxy`: the
+proxy stops listening (endpoint down), black-holes requests, answers 503 SlowDown / 500, resets
+connections in the middle of a body, or trickles bytes. Every read goes through the kernel
+(real FUSE mount); nothing is mocked. ``--timeout 5`` bounds every remote operation.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+import pytest
+from robust.faultproxy import Hang, ResetMidBody, Status, Trickle, always, first_n
+from robust.harness import guarded, read_file, stack
+from robust.zips import plain_zip, random_files
+
+TIMEOUT = 5.0
+SLACK = 3.0  # scheduling, FUSE round trips, the kernel's own retry of ESTALE lookups
+FAIL = (errno.EIO, errno.ETIMEDOUT)
+
+FILES = random_files("faults", 24, 200 * 1024)
+PREFIX_A = random_files("pfx-a", 4, 50 * 1024, prefix="a")
+PREFIX_B = random_files("pfx-b", 4, 50 * 1024, prefix="b")
+
+
+@pytest.fixture(scope="module")
+def st(tmp_path_factory):
+    with stack(tmp_path_factory.mktemp("faults")) as s:
+        s.put("faults/data.zip", plain_zip(FILES))
+        s.put("pfx/a.zip", plain_zip(PREFIX_A))
+        s.put("pfx/b.zip", plain_zip(PREFIX_B))
+        yield s
+
+
+@pytest.fixture(scope="module")
+def mnt(st):
+    """One single-archive mount for the module; the TTL is long so that no revalidation
+    request mixes into the faults under test."""
+    with st.mounted("faults/data.zip", "--timeout", str(TIMEOUT), "--ttl", "3600") as h:
+        yield h
+
+
+@pytest.fixture(autouse=True)
+def _proxy_healthy(st):
+    """Every test starts and ends with a listening proxy that forwards everything."""
+    if not st.proxy.listening:
+        st.proxy.up()
+    st.proxy.rule = None
+    yield
+    st.proxy.rule = None
+    if not st.proxy.listening:
+        st.proxy.up()
+
+
+def _read(path, timeout=TIMEOUT + SLACK + 10):
+    return guarded(lambda: read_file(path), timeout)
+
+
+def _assert_alive(h):
+    assert h.proc.poll() is None, f"daemon exited:\n{h.stderr()[-3000:]}"
+    assert os.path.ismount(h.mountpoint)
+    os.stat(h.mountpoint)
+
+
+def test_endpoint_down_eio_within_timeout_then_recovers(st, mnt):
+    mp = mnt.mountpoint
+    assert _read(mp / "f000.bin").value == FILES["f000.bin"]
+    st.proxy.down()
+    out = _read(mp / "f001.bin")
+    assert out.error in FAIL, out
+    assert out.elapsed <= TIMEOUT + SLACK, out
+    _assert_alive(mnt)
+    # the directory was listed before: it still lists, and stat of known names still works
+    assert sorted(os.listdir(mp)) == sorted(FILES)
+    assert os.stat(mp / "f002.bin").st_size == len(FILES["f002.bin"])
+    st.proxy.up()
+    out = _read(mp / "f001.bin")
+    assert out.value == FILES["f001.bin"], f"{out}: no recovery without a remount"
+
+
+def test_blackholed_endpoint_times_out_not_hangs(st, mnt):
+    mp = mnt.mountpoint
+    with st.proxy.fault(always(Hang())):
+        out = _read(mp / "f003.bin")
+    assert out.error in FAIL, out
+    assert TIMEOUT * 0.8 <= out.elapsed <= TIMEOUT + SLACK, out
+    _assert_alive(mnt)
+    assert _read(mp / "f003.bin").value == FILES["f003.bin"]
+
+
+@pytest.mark.parametrize(("code", "s3_code", "name"), [(503, "SlowDown", "f004.bin"),
+                                                       (500, "InternalError", "f005.bin")])
+def test_server_errors_are_retried(st, mnt, code, s3_code, name):
+    mp = mnt.mountpoint
+    with st.proxy.fault(first_n(3, Status(code, s3_code))) as proxy:
+        out = _read(mp / name)
+        gets = proxy.log(lambda r: r.is_range_get)
+    assert out.value == FILES[name], out
+    assert [r.status for r in gets[:4]] == [code, code, code, 206], [(r.action, r.status)
+                                                                     for r in gets]
+    assert len({r.header("Range") for r in gets[:4]}) == 1, "the same range is retried"
+    gaps = [b.t - a.t for a, b in zip(gets, gets[1:4], strict=False)]
+    assert all(g <= 0.1 * 2 ** (i + 1) + 0.5 for i, g in enumerate(gaps)), gaps
+
+
+def test_persistent_throttling_is_bounded_with_jittered_backoff(st, mnt):
+    """Always 503: at most 1 + retries (4) attempts per request, EIO inside the deadline, and
+    the waits between attempts differ from read to read (full jitter, no lock-step)."""
+    mp = mnt.mountpoint
+    schedules = []
+    for name in ("f006.bin", "f007.bin", "f008.bin"):
+        with st.proxy.fault(always(Status(503, "SlowDown"))) as proxy:
+            out = _read(mp / name)
+            gets = proxy.log(lambda r: r.is_range_get)
+        assert out.error in FAIL, out
+        assert out.elapsed <= TIMEOUT + SLACK, out
+        ranges = {r.header("Range") for r in gets}
+        assert len(ranges) == 1, ranges
+        assert 2 <= len(gets) <= 5, f"{len(gets)} attempts for one range"
+        schedules.append([b.t - a.t for a, b in zip(gets, gets[1:], strict=False)])
+    firsts = [s[0] for s in schedules]
+    assert max(firsts) - min(firsts) > 0.002, f"identical backoff, no jitter: {schedules}"
+    _assert_alive(mnt)
+
+
+def test_connection_reset_mid_body_is_retried(st, mnt):
+    mp = mnt.mountpoint
+    with st.proxy.fault(first_n(2, ResetMidBody(0.5))) as proxy:
+        out = _read(mp / "f009.bin")
+        gets = proxy.log(lambda r: r.is_range_get)
+    assert out.value == FILES["f009.bin"], out
+    assert [r.action for r in gets[:3]] == ["reset", "reset", "forward"], gets
+
+
+def test_trickling_server_times_out(st, mnt):
+    mp = mnt.mountpoint
+    with st.proxy.fault(always(Trickle(chunk=64, interval=0.4), lambda r: r.is_range_get)):
+        out = _read(mp / "f010.bin")
+    assert out.error in FAIL, out
+    assert TIMEOUT * 0.8 <= out.elapsed <= TIMEOUT + SLACK, out
+    _assert_alive(mnt)
+    assert _read(mp / "f010.bin").value == FILES["f010.bin"]
+
+
+@pytest.mark.parametrize("kind", ["single", "prefix"])
+def test_listing_keeps_working_while_endpoint_down(st, kind):
+    """Directories listed before the outage keep listing (the last good view), also when the
+    TTL expires during the outage and revalidation fails."""
+    key = "faults/data.zip" if kind == "single" else "pfx/"
+    with st.mounted(key, "--timeout", str(TIMEOUT), "--ttl", "1") as h:
+        mp = h.mountpoint
+        top = sorted(os.listdir(mp))
+        inner = sorted(os.listdir(mp / "a.zip")) if kind == "prefix" else None
+        st.proxy.down()
+        t_end = time.monotonic() + 3.5
+        while time.monotonic() < t_end:
+            out = guarded(lambda: sorted(os.listdir(mp)), TIMEOUT + SLACK + 10)
+            assert out.value == top, out
+            assert out.elapsed <= TIMEOUT + SLACK, out
+            if kind == "prefix":
+                out = guarded(lambda: sorted(os.listdir(mp / "a.zip")), TIMEOUT + SLACK + 10)
+                assert out.value == inner, out
+            time.sleep(0.5)
+        _assert_alive(h)
+        st.proxy.up()
+        name = "f011.bin" if kind == "single" else "a.zip/a001.bin"
+        want = FILES.get(name) or PREFIX_A["a001.bin"]
+        assert _read(mp / name).value == want
+
+
+def test_archive_first_opened_during_outage_recovers(st):
+    """An archive of a prefix mount first touched while the endpoint is down must not stay
+    'broken' (an empty directory) once the endpoint is back."""
+    with st.mounted("pfx/", "--timeout", str(TIMEOUT), "--ttl", "1") as h:
+        mp = h.mountpoint
+        assert sorted(os.listdir(mp)) == ["a.zip", "b.zip"]
+        st.proxy.down()
+        out = guarded(lambda: os.listdir(mp / "b.zip"), TIMEOUT + SLACK + 10)
+        assert out.error in FAIL or out.value == [], out
+        st.proxy.up()
+        time.sleep(1.2)  # past --ttl: the kernel forgets what it was told during the outage
+        out = guarded(lambda: sorted(os.listdir(mp / "b.zip")), TIMEOUT + SLACK + 10)
+        assert out.value == sorted(PREFIX_B), f"{out}: archive stayed broken after the outage"
+        assert _read(mp / "b.zip" / "b002.bin").value == PREFIX_B["b002.bin"]
+        _assert_alive(h)
