@@ -54,11 +54,16 @@ def mount_state(mountpoint: str) -> str:
     """'mounted', 'stale' (a dead FUSE mount), or 'free'."""
     try:
         os.stat(mountpoint)
+        if not os.path.ismount(mountpoint):
+            return "free"
+        # The kernel answers stat() of a dead FUSE mount from its attribute cache until the
+        # attr timeout ends; statfs() always goes to the daemon, so it tells a dead one.
+        os.statvfs(mountpoint)
     except OSError as exc:
         if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO):
             return "stale"
         return "free"
-    return "mounted" if os.path.ismount(mountpoint) else "free"
+    return "mounted"
 
 
 def unmount(mountpoint: str, lazy: bool = False) -> bool:
