@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import logging
+import lzma
 import os
 import stat
 import struct
@@ -43,6 +44,8 @@ READAHEAD_MIN = 1024 * 1024
 READAHEAD_MAX = 32 * 1024 * 1024
 # Compressed members at least this big get a spill file for non-sequential reads.
 SPILL_MIN = 8 * 1024 * 1024
+# What zipfile's decompression streams raise on corrupt data (bz2: OSError, lzma: LZMAError).
+_CORRUPT_DATA = (zipfile.BadZipFile, EOFError, zlib.error, OSError, ValueError, lzma.LZMAError)
 _LOCAL_HEADER = struct.Struct("<4s5HIIIHH")
 _LOCAL_SLACK = 512  # local extra fields are often a little longer than the central ones
 NAME_MAX = 255
@@ -320,18 +323,25 @@ class CompressedReader(MemberReader):
             self.stream = _open_stream(self.archive, self.entry)
             self.pos = 0
         try:
+            data = b""
             while self.pos < offset:  # forward skip: decompress and drop
                 skipped = self.stream.read(min(offset - self.pos, 1 << 20))
                 if not skipped:
-                    return b""
+                    break
                 self.pos += len(skipped)
-            data = self.stream.read(size)
-        except (zipfile.BadZipFile, EOFError, zlib.error, OSError, ValueError) as exc:
+            else:
+                data = self.stream.read(size)
+        except _CORRUPT_DATA as exc:
             if isinstance(exc, ZipmountError):
                 raise
             self._close_stream()
             raise ArchiveError(f"{self.entry.name}: {exc}") from None
         self.pos += len(data)
+        if len(data) < size and self.pos < self.entry.size:
+            # The stream ended (with a matching CRC) before the size the index declares.
+            self._close_stream()
+            raise ArchiveError(f"{self.entry.name}: data ends after {self.pos} bytes, "
+                               f"{self.entry.size} declared")
         return data
 
     def _close_stream(self) -> None:
@@ -360,13 +370,17 @@ def _open_stream(archive: Archive, entry: Entry) -> zipfile.ZipExtFile:
 
 def _stream_chunks(archive: Archive, entry: Entry):  # type: ignore[no-untyped-def]
     stream = _open_stream(archive, entry)
+    total = 0
     try:
         while chunk := stream.read(1 << 20):
+            total += len(chunk)
             yield chunk
-    except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+    except _CORRUPT_DATA as exc:
         raise ArchiveError(f"{entry.name}: {exc}") from None
     finally:
         stream.close()
+    if total != entry.size:
+        raise ArchiveError(f"{entry.name}: data ends after {total} bytes, {entry.size} declared")
 
 
 # -- the index ------------------------------------------------------------------------------------
