@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -114,6 +115,16 @@ class _Server(ThreadingHTTPServer):
         self.proxy = proxy
         super().__init__(("127.0.0.1", port), _Handler)
 
+    def get_request(self) -> tuple[socket.socket, object]:
+        sock, addr = super().get_request()
+        if self.proxy.tls is not None:  # handshake happens in the handler thread
+            sock = self.proxy.tls.wrap_socket(sock, server_side=True,
+                                              do_handshake_on_connect=False)
+        return sock, addr
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # clients that reset or reject us are part of the tests
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -123,6 +134,14 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(10)
+            try:
+                self.request.do_handshake()
+            except (OSError, ssl.SSLError):  # e.g. a client that rejects our certificate
+                self.server.proxy.tls_failures += 1
+                raise
+            self.request.settimeout(None)
         super().setup()
         self.server.proxy._track(self.connection, True)
 
@@ -220,6 +239,8 @@ class _Handler(BaseHTTPRequestHandler):
 class FaultProxy:
     upstream_port: int
     port: int = 0
+    tls: ssl.SSLContext | None = None  # serve HTTPS with this context (plain HTTP upstream)
+    tls_failures: int = 0
     rule: Rule | None = None
     requests: list[Request] = field(default_factory=list)
     _server: _Server | None = None
@@ -230,7 +251,7 @@ class FaultProxy:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -327,8 +348,9 @@ class FaultProxy:
 
 
 @contextlib.contextmanager
-def fault_proxy(upstream_port: int) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(upstream_port).start()
+def fault_proxy(upstream_port: int, tls: ssl.SSLContext | None = None
+                ) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(upstream_port, tls=tls).start()
     try:
         yield proxy
     finally:

@@ -78,7 +78,7 @@ def raw_zip(members: list[RawMember], comment: bytes = b"", cd_override: bytes |
                               DOS_DATE, crc, csize & 0xFFFFFFFF, fsize & 0xFFFFFFFF,
                               len(m.name), len(m.extra)))
         out.write(m.name + m.extra + data)
-        central.write(struct.pack("<4sBBHHHHHHIIIHHHHHII", b"PK\x01\x02", 63, m.create_system,
+        central.write(struct.pack("<4sBBHHHHHIIIHHHHHII", b"PK\x01\x02", 63, m.create_system,
                                   20, m.flags, m.method, DOS_TIME, DOS_DATE, crc,
                                   csize & 0xFFFFFFFF, fsize & 0xFFFFFFFF, len(m.name),
                                   len(m.extra), 0, 0, 0, m.external_attr, offset))
