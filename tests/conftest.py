@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,9 @@ from support.archives import ArchiveContents  # noqa: E402
 from support.mount import (  # noqa: E402
     Zipmount,
     cleanup,
+    force_unmount,
     fusermount_exe,
+    kill_pids,
     mounts_under,
     pids_with_marker,
     zipmount_exe,
@@ -68,9 +71,9 @@ def fuse_problem() -> str | None:
     return None
 
 
-@pytest.fixture(autouse=True)
-def _require_fuse_for_e2e(request: pytest.FixtureRequest) -> None:
-    if request.node.get_closest_marker("e2e") is None:
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Runs before any fixture of the test: FUSE missing means FAIL, never skip."""
+    if item.get_closest_marker("e2e") is None:
         return
     problem = fuse_problem()
     if problem:
@@ -79,6 +82,41 @@ def _require_fuse_for_e2e(request: pytest.FixtureRequest) -> None:
         pytest.fail(
             f"{zipmount_exe()} not found: install the package into this venv "
             f"(pip install -e '.[test]' or `make test`)",
+            pytrace=False,
+        )
+
+
+# A test that hangs on a stuck FUSE call would hang the whole run. After this many seconds the
+# watchdog kills the test's zipmount daemons and lazily detaches their mounts, so the blocked
+# system calls return an error and the test fails instead of hanging.
+E2E_TEST_TIMEOUT = float(os.environ.get("ZIPMOUNT_E2E_TEST_TIMEOUT", "240"))
+
+
+@pytest.fixture(autouse=True)
+def _e2e_watchdog(request: pytest.FixtureRequest):
+    if request.node.get_closest_marker("e2e") is None or "zm" not in request.fixturenames:
+        yield
+        return
+    zm_dir = request.getfixturevalue("zm").workdir
+    fired = threading.Event()
+
+    def abort() -> None:
+        fired.set()
+        kill_pids(pids_with_marker(str(zm_dir)), grace=2)
+        for mp in mounts_under(zm_dir):
+            force_unmount(mp)
+
+    timer = threading.Timer(E2E_TEST_TIMEOUT, abort)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+    if fired.is_set():
+        pytest.fail(
+            f"test ran longer than {E2E_TEST_TIMEOUT:.0f}s: its zipmount daemons were killed "
+            "and mounts detached by the watchdog",
             pytrace=False,
         )
 
