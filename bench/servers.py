@@ -151,6 +151,8 @@ class Reaper:
 
         for sig in (signal.SIGTERM, signal.SIGHUP):
             self._old_handlers[sig] = signal.signal(sig, _raise)
+        # also when started with SIGINT ignored (a background job of a non-interactive shell)
+        self._old_handlers[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def __enter__(self) -> Reaper:
         self.install_signal_handlers()
