@@ -196,9 +196,15 @@ class NotifyListener:
     _thread: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
+    @property
+    def address(self) -> str:
+        """The NOTIFY_SOCKET value: a path, or @NAME for an abstract socket (as systemd may)."""
+        return str(self.path)
+
     def start(self) -> NotifyListener:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(str(self.path))
+        name = str(self.path)
+        self._sock.bind("\0" + name[1:] if name.startswith("@") else name)
         self._sock.settimeout(0.2)
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -246,14 +252,16 @@ class NotifyListener:
             self._thread.join(timeout=5)
         if self._sock is not None:
             self._sock.close()
-        with contextlib.suppress(OSError):
-            self.path.unlink()
+        if not str(self.path).startswith("@"):
+            with contextlib.suppress(OSError):
+                self.path.unlink()
 
 
 @contextlib.contextmanager
-def notify_socket(on_message=None) -> Iterator[NotifyListener]:
+def notify_socket(on_message=None, abstract: bool = False) -> Iterator[NotifyListener]:
     short = Path(tempfile.mkdtemp(prefix="zmn-", dir="/tmp"))  # sun_path is 108 bytes at most
-    listener = NotifyListener(short / "notify", on_message).start()
+    where = Path(f"@zipmount-test-{short.name}") if abstract else short / "notify"
+    listener = NotifyListener(where, on_message).start()
     try:
         yield listener
     finally:

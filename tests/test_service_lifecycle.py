@@ -133,7 +133,7 @@ def test_sigkill_then_restart_cleans_the_dead_mounts_and_serves_again(tmp_path, 
         _start_and_kill_9(cfg, [mp1, mp2])
         # The dead mounts still "answer" stat() from the cache: wait for READY=1 instead.
         with notify_socket() as listener, daemon(
-                cfg, [mp1, mp2], env=clean_env(NOTIFY_SOCKET=str(listener.path)),
+                cfg, [mp1, mp2], env=clean_env(NOTIFY_SOCKET=listener.address),
                 wait=False) as d2:
             listener.wait_for("READY=1", timeout=60, daemon=d2)
             name, content = _a_file(samples.stored)

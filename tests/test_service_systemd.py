@@ -185,7 +185,7 @@ def test_ready_only_when_every_mount_answers_then_stopping_on_signal(tmp_path, s
         return None
 
     with notify_socket(at_message) as listener:
-        env = clean_env(NOTIFY_SOCKET=str(listener.path))
+        env = clean_env(NOTIFY_SOCKET=listener.address)
         with daemon(cfg, mps, env=env, wait=False) as d:
             ready = listener.wait_for("READY=1", timeout=60, daemon=d)
             assert re.search(r"^STATUS=2 mount\(s\)", ready, re.M), ready
@@ -208,6 +208,21 @@ def test_ready_only_when_every_mount_answers_then_stopping_on_signal(tmp_path, s
             assert "Traceback" not in d.stderr(), d.stderr()
 
 
+def test_ready_on_an_abstract_notify_socket(tmp_path, s3):
+    """NOTIFY_SOCKET=@name (an abstract socket, which systemd may hand out) works too."""
+    require_fuse()
+    cfg, mps = _two_mount_config(tmp_path, s3)
+    with notify_socket(abstract=True) as listener, daemon(
+            cfg, mps, env=clean_env(NOTIFY_SOCKET=listener.address), wait=False) as d:
+        assert listener.address.startswith("@")
+        listener.wait_for("READY=1", timeout=60, daemon=d)
+        assert all(is_mounted(mp) for mp in mps)
+        d.signal(signal.SIGTERM)
+        listener.wait_for("STOPPING=1", timeout=30)
+        assert d.wait(timeout=30) == 0
+    assert_nothing_left(cfg, mps)
+
+
 def test_no_ready_when_a_mount_cannot_come_up(tmp_path, s3):
     """One bad mount of two: the daemon exits non-zero, never sends READY=1, leaves nothing
     mounted (systemd then marks the unit failed and Restart=on-failure tries again)."""
@@ -219,7 +234,7 @@ def test_no_ready_when_a_mount_cannot_come_up(tmp_path, s3):
         mounts=[("s3://data/single/stored.zip", mp1), ("s3://data/single/missing.zip", mp2)],
         cache_dir=cache)
     with notify_socket() as listener, daemon(
-            cfg, [mp1, mp2], env=clean_env(NOTIFY_SOCKET=str(listener.path)), wait=False) as d:
+            cfg, [mp1, mp2], env=clean_env(NOTIFY_SOCKET=listener.address), wait=False) as d:
         rc = d.wait(timeout=60)
         assert rc == 1, d.stderr()
         assert "missing.zip" in d.stderr()
@@ -232,7 +247,7 @@ def test_status_lines_keep_coming(tmp_path, s3):
     require_fuse()
     cfg, mps = _two_mount_config(tmp_path, s3)
     with notify_socket() as listener, daemon(
-            cfg, mps, env=clean_env(NOTIFY_SOCKET=str(listener.path)), wait=False) as d:
+            cfg, mps, env=clean_env(NOTIFY_SOCKET=listener.address), wait=False) as d:
         listener.wait_for("READY=1", timeout=60, daemon=d)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and not any(
