@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
+import pytest
 import yaml
 from support.checks import assert_one_line_error, assert_tree_matches
 from support.mount import (
@@ -307,3 +311,31 @@ def test_external_fusermount_ends_foreground_daemon_cleanly(zm):
             f"daemon exit code {rc} after an external unmount\n{h.stderr()[-2000:]}"
         )
         assert took < 6.0, f"daemon needed {took:.1f} s to notice the unmount"
+
+
+@pytest.mark.parametrize("allow_other", [False, True], ids=["default", "allow_other"])
+def test_allow_other_option(zm, samples, allow_other):
+    """Without allow_other only the mounting user may enter the mount; with it, others can read
+    (and still not write)."""
+    base = Path(tempfile.mkdtemp(prefix="zipmount-e2e-ao-", dir="/tmp"))  # traversable by nobody
+    base.chmod(0o755)
+    mp = base / "mp"
+    mp.mkdir()
+    mp.chmod(0o755)
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    opts = ["-o", "allow_other"] if allow_other else []
+    try:
+        with zm.mounted("s3://data/single/stored.zip", *opts, mountpoint=mp) as h:
+            r = run([*nobody, "cat", str(h.mountpoint / "README.txt")])
+            if allow_other:
+                assert r.rc == 0, r.describe()
+                assert r.stdout_bytes == samples.stored.files["README.txt"]
+                w = run([*nobody, "touch", str(h.mountpoint / "x")])
+                assert w.rc != 0 and "Read-only file system" in w.stderr, w.describe()
+            else:
+                assert r.rc != 0 and "Permission denied" in r.stderr, r.describe()
+            # the mounting user (root) reads either way
+            assert (h.mountpoint / "README.txt").read_bytes() == samples.stored.files["README.txt"]
+    finally:
+        cleanup([mp], [mp])
+        shutil.rmtree(base, ignore_errors=True)
