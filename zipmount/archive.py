@@ -266,7 +266,7 @@ class Archive:
             if not self.disk.touch(name):
                 log.info("decompressing %s (%d bytes) into the disk cache for random access",
                          entry.name, entry.size)
-                self.disk.write(name, _stream_chunks(self, entry))
+                self.disk.write(name, _stream_chunks(self, entry), entry.size)
             return str(self.disk.path(name))
 
 
@@ -526,5 +526,6 @@ def _load_index(disk: DiskTier, name: str) -> list[Entry] | None:
 
 def _save_index(disk: DiskTier, name: str, entries: list[Entry]) -> None:
     doc = {"version": INDEX_VERSION, "entries": [e.to_list() for e in entries]}
+    data = json.dumps(doc, separators=(",", ":")).encode()
     with contextlib.suppress(OSError):
-        disk.write(name, [json.dumps(doc, separators=(",", ":")).encode()])
+        disk.write(name, [data], len(data))

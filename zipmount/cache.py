@@ -15,6 +15,7 @@ single flight for concurrent misses, and crash-safe, checksummed, size-capped pe
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -93,6 +94,7 @@ class DiskTier:
         self._sizes: OrderedDict[str, int] = OrderedDict()
         self.used = 0
         self._load()
+        self.prune()  # a restart with a smaller size must not keep more than it allows
 
     def _load(self) -> None:
         entries = []
@@ -140,43 +142,62 @@ class DiskTier:
         return None
 
     def put_block(self, name: str, data: bytes) -> None:
-        self.write(name, [_HEADER.pack(_MAGIC, zlib.crc32(data), len(data)), data])
+        self.write(name, [_HEADER.pack(_MAGIC, zlib.crc32(data), len(data)), data],
+                   _HEADER.size + len(data))
 
-    def write(self, name: str, chunks: list[bytes] | Iterator[bytes]) -> None:
-        """Write ``name`` atomically from ``chunks``."""
+    def write(self, name: str, chunks: list[bytes] | Iterator[bytes],
+              size: int | None = None) -> None:
+        """Write ``name`` atomically from ``chunks`` (``size``: at most that many bytes in all).
+
+        With ``size``, room is made (least recently used files deleted) before the first byte is
+        written, so the files never add up to more than the capacity, not even while one is
+        being written.
+        """
+        reserve = size or 0
+        if reserve > self.capacity:
+            raise OSError(errno.EFBIG, f"{size} bytes do not fit a disk cache of {self.capacity}")
+        self._account(None, reserve)
         target = self.path(name)
-        target.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp", dir=target.parent)
-        size = 0
+        written = 0
         try:
-            with os.fdopen(fd, "wb") as f:
-                for chunk in chunks:
-                    f.write(chunk)
-                    size += len(chunk)
-            os.replace(tmp, target)
+            target.parent.mkdir(exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp", dir=target.parent)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    for chunk in chunks:
+                        written += len(chunk)
+                        if size is not None and written > size:
+                            raise OSError(errno.EFBIG, f"{name}: more than the {size} bytes "
+                                                       "announced")
+                        f.write(chunk)
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            with self._lock:
+                self.used -= reserve  # release the reservation
             raise
-        self._account(name, size)
+        self._account(name, written, reserved=reserve)
 
-    def _account(self, name: str, size: int) -> None:
-        doomed = []
+    def _account(self, name: str | None, size: int, reserved: int = 0) -> None:
+        """Add ``size`` bytes (``name``: a file now in place of ``reserved`` reserved bytes; None:
+        a reservation) and delete least recently used files until the total fits."""
         with self._lock:
-            self.used += size - self._sizes.pop(name, 0)
-            self._sizes[name] = size
-            while self.used > self.capacity and len(self._sizes) > 1:
+            self.used += size - reserved
+            if name is not None:
+                self.used -= self._sizes.pop(name, 0)
+                self._sizes[name] = size
+            while self.used > self.capacity and self._sizes:
                 old, old_size = self._sizes.popitem(last=False)
                 self.used -= old_size
-                doomed.append(old)
-        for old in doomed:
-            with contextlib.suppress(OSError):
-                os.unlink(self.path(old))
+                with contextlib.suppress(OSError):  # under the lock: never over, even briefly
+                    os.unlink(self.path(old))
 
     def prune(self) -> None:
         """Evict least recently used files until the cache fits its capacity."""
-        self._account("", 0)
-        self._sizes.pop("", None)
+        self._account(None, 0)
 
     def counts(self) -> dict[str, int]:
         """How many blocks, archive indexes and spill files the cache holds."""
@@ -189,8 +210,8 @@ class DiskTier:
     def remove(self, name: str) -> None:
         with self._lock:
             self.used -= self._sizes.pop(name, 0)
-        with contextlib.suppress(OSError):
-            os.unlink(self.path(name))
+            with contextlib.suppress(OSError):
+                os.unlink(self.path(name))
 
     def close(self) -> None:
         self._lock_file.close()
