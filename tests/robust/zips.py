@@ -86,7 +86,14 @@ def raw_zip(members: list[RawMember], comment: bytes = b"", cd_override: bytes |
     cd = central.getvalue() if cd_override is None else cd_override
     cd_offset = out.tell()
     out.write(cd)
-    out.write(struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(members), len(members),
+    count = len(members)
+    if count > 0xFFFF:  # zip64 end records carry the real count
+        eocd64 = out.tell()
+        out.write(struct.pack("<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, count, count,
+                              len(cd), cd_offset))
+        out.write(struct.pack("<4sIQI", b"PK\x06\x07", 0, eocd64, 1))
+        count = 0xFFFF
+    out.write(struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, count, count,
                           len(cd), cd_offset, len(comment)) + comment)
     return out.getvalue()
 
