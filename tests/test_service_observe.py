@@ -173,6 +173,30 @@ def test_remote_error_is_logged_with_key_and_errno(tmp_path, private_s3):
     assert all("Traceback" not in ln for ln in log.splitlines()), log
 
 
+def test_object_replaced_under_the_mount_is_logged_with_key_and_errno(tmp_path, private_s3):
+    """The server answers 412 to the ETag-pinned range request: the log says which object
+    changed and that the reader got ESTALE."""
+    require_fuse()
+    data, files = make_archive({"dir": 4})
+    private_s3.put_bytes("svc", "logs/changing.zip", data)
+    ep = Endpoint.of(private_s3)
+    (mp,) = fresh_dirs(tmp_path, "mp")
+    cfg = write_config(tmp_path / "changing.yaml", storage=ep.storage(timeout=5),
+                       mounts=[("s3://svc/logs/changing.zip", mp)], cache_dir=None)
+    env = clean_env(AWS_ACCESS_KEY_ID=ep.access_key, AWS_SECRET_ACCESS_KEY=ep.secret_key)
+    with daemon(cfg, [mp], env=env) as d:
+        new_data, _ = make_archive({"dir": 4}, seed=6)
+        private_s3.put_bytes("svc", "logs/changing.zip", new_data)
+        r = read_uncached(mp / "dir/file2.bin", timeout=60)
+        assert r.rc == 3 and f"errno={errno.ESTALE}" in r.stderr, r.describe()
+        d.signal(signal.SIGTERM)
+        assert d.wait(timeout=30) == 0
+        log = d.stderr()
+    hits = [ln for ln in log.splitlines() if ("WARNING" in ln or "ERROR" in ln)
+            and "svc/logs/changing.zip" in ln and "ESTALE" in ln]
+    assert hits and all("changed on the server" in ln for ln in hits), log
+
+
 # --------------------------------------------------------------------------------------------
 # zipmount stats
 # --------------------------------------------------------------------------------------------
