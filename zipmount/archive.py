@@ -27,6 +27,7 @@ import threading
 import time
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,10 +102,11 @@ class CachedObject:
 class RemoteFile(io.RawIOBase):
     """A seekable, read-only file view of a :class:`CachedObject` (for zipfile)."""
 
-    def __init__(self, cached: CachedObject, readahead: Readahead | None = None) -> None:
+    def __init__(self, cached: CachedObject,
+                 observe: Callable[[int, int], None] | None = None) -> None:
         self.cached = cached
         self.pos = 0
-        self.readahead = readahead
+        self.observe = observe
 
     def readable(self) -> bool:
         return True
@@ -122,8 +124,8 @@ class RemoteFile(io.RawIOBase):
 
     def read(self, size: int = -1) -> bytes:
         end = self.cached.obj.size if size is None or size < 0 else self.pos + size
-        if self.readahead is not None:
-            self.readahead.before_read(self.pos, end)
+        if self.observe is not None:
+            self.observe(self.pos, end)
         data = self.cached.read(self.pos, end)
         self.pos += len(data)
         return data
@@ -134,37 +136,51 @@ class RemoteFile(io.RawIOBase):
         return len(data)
 
 
-class Readahead:
-    """Per-open-file fetch policy over one byte span ``[start, end)`` of the object.
+class Prefetcher:
+    """Sequential-read detection over one archive object, shared by all its open files.
 
-    A small span (a zarr chunk) is fetched whole by the first read, in one request. A big one is
-    read ahead: each sequential read doubles the window (up to READAHEAD_MAX), a jump resets it.
+    Reads are grouped into streams: a read that starts where a stream ended (give or take a
+    local header) continues it. From the second continuation on, the stream reads ahead, the
+    window doubling up to READAHEAD_MAX and refilled once half of it is consumed, in parallel
+    requests. A zarr client reading chunk after chunk of a stored archive is such a stream (the
+    chunks lie one after the other), as is ``cat`` of a big member; random chunk reads are not,
+    so they cost no extra bytes.
     """
 
-    def __init__(self, cached: CachedObject, start: int, end: int) -> None:
-        self.cached = cached
-        self.start, self.end = start, end
-        self.next = start
-        self.window = 0
-        self.fetched_to = start
+    GAP = 64 * 1024  # largest hole between two reads that still counts as sequential
+    MAX_STREAMS = 8
 
-    def before_read(self, pos: int, end: int) -> None:
-        if self.end - self.start <= WHOLE_MEMBER_MAX:
-            if self.fetched_to < self.end:
-                self.cached.read(self.start, self.end)  # one request, now cached
-                self.fetched_to = self.end
-            return
-        if pos == self.next:
-            self.window = min(READAHEAD_MAX, max(READAHEAD_MIN, self.window * 2))
-        else:
-            self.window = 0
-            self.fetched_to = pos
-        self.next = end
-        if self.window and self.fetched_to < min(self.end, end + self.window):
-            ahead_from = max(end, self.fetched_to)
-            ahead_to = min(self.end, end + self.window)
-            self.cached.prefetch(ahead_from, ahead_to)
-            self.fetched_to = ahead_to
+    def __init__(self, cached: CachedObject) -> None:
+        self.cached = cached
+        self._streams: list[list[int]] = []  # [end, window, fetched_to, hits], most recent last
+        self._lock = threading.Lock()
+
+    def observe(self, start: int, end: int, limit: int) -> None:
+        """Note a read of ``[start, end)``; prefetch ahead, but never past ``limit``."""
+        with self._lock:
+            for stream in self._streams:
+                if stream[0] - (end - start) - self.GAP <= start <= stream[0] + self.GAP:
+                    self._streams.remove(stream)
+                    break
+            else:
+                stream = [end, 0, end, 0]
+                if len(self._streams) >= self.MAX_STREAMS:
+                    self._streams.pop(0)
+            self._streams.append(stream)
+            if start < stream[0] and end <= stream[0]:
+                return  # a re-read inside what the stream already covered
+            stream[0] = end
+            stream[3] += 1
+            if stream[3] < 3:
+                return
+            stream[1] = min(READAHEAD_MAX, max(READAHEAD_MIN, stream[1] * 2))
+            if stream[2] - end >= stream[1] // 2:
+                return
+            ahead_from, ahead_to = max(end, stream[2]), min(limit, end + stream[1])
+            if ahead_from >= ahead_to:
+                return
+            stream[2] = ahead_to
+        self.cached.prefetch(ahead_from, ahead_to)
 
 
 class Archive:
@@ -180,6 +196,7 @@ class Archive:
             if entry.kind == "dir":
                 self.subdirs[name.rpartition("/")[0]] += 1
         self.disk = disk
+        self.prefetcher = Prefetcher(cached)
         self._data_offsets: dict[str, int] = {}
         self._verified: set[str] = set()
         self._spill_locks: dict[str, threading.Lock] = {}
@@ -286,16 +303,19 @@ class StoredReader(MemberReader):
     def __init__(self, archive: Archive, entry: Entry) -> None:
         self.archive = archive
         self.entry = entry
+        archive.prefetcher.observe(entry.header_offset,
+                                   entry.header_offset + _LOCAL_HEADER.size + entry.raw_name_len
+                                   + entry.extra_len + entry.compress_size, archive.cached.obj.size)
         self.start = archive.data_offset(entry)
         archive.verify_stored(entry, self.start)
-        self.readahead = Readahead(archive.cached, self.start, self.start + entry.size)
 
     def read(self, offset: int, size: int) -> bytes:
         begin = self.start + min(offset, self.entry.size)
         end = self.start + min(offset + size, self.entry.size)
         if begin >= end:
             return b""
-        self.readahead.before_read(begin, end)
+        if self.entry.size > WHOLE_MEMBER_MAX:
+            self.archive.prefetcher.observe(begin, end, self.start + self.entry.size)
         return self.archive.cached.read(begin, end)
 
 
@@ -358,7 +378,8 @@ class CompressedReader(MemberReader):
 
 def _open_stream(archive: Archive, entry: Entry) -> zipfile.ZipExtFile:
     start = archive.data_offset(entry)
-    raw = RemoteFile(archive.cached, Readahead(archive.cached, start, start + entry.compress_size))
+    limit = start + entry.compress_size
+    raw = RemoteFile(archive.cached, lambda a, b: archive.prefetcher.observe(a, min(b, limit), limit))
     raw.seek(start)
     info = zipfile.ZipInfo(entry.name)
     info.compress_type = entry.method

@@ -232,9 +232,7 @@ class BlockCache:
         self.stats = stats
         self._inflight: dict[tuple[str, int], Future[bytes]] = {}
         self._lock = threading.Lock()
-        # Two pools so that a prefetch task waiting for its requests can never starve them.
         self._requests = ThreadPoolExecutor(fetch_threads, thread_name_prefix="zipmount-get")
-        self._prefetches = ThreadPoolExecutor(2, thread_name_prefix="zipmount-prefetch")
 
     def read(self, key: str, size: int, start: int, end: int, fetch: Fetch) -> bytes:
         """Bytes ``[start, end)`` of the object ``key`` of ``size`` bytes."""
@@ -243,35 +241,59 @@ class BlockCache:
             return b""
         bs = self.block_size
         first, last = start // bs, (end - 1) // bs
-        blocks = self._gather(key, size, range(first, last + 1), fetch)
-        data = b"".join(blocks)
-        offset = start - first * bs
-        return data[offset: offset + end - start]
-
-    def prefetch(self, key: str, size: int, start: int, end: int, fetch: Fetch) -> None:
-        """Start fetching ``[start, end)`` in the background; errors are left to later reads."""
-        end = min(end, size)
-        if start < end:
-            bs = self.block_size
-            self._prefetches.submit(self._gather_quietly, key, size,
-                              range(start // bs, (end - 1) // bs + 1), fetch)
-
-    def _gather_quietly(self, key: str, size: int, indices: range, fetch: Fetch) -> None:
-        with contextlib.suppress(Exception):
-            self._gather(key, size, indices, fetch)
-
-    def _gather(self, key: str, size: int, indices: range, fetch: Fetch) -> list[bytes]:
         found: dict[int, bytes] = {}
         missing = []
-        for i in indices:
+        for i in range(first, last + 1):
             data = self._lookup(key, i)
             if data is None:
                 missing.append(i)
             else:
                 found[i] = data
         if missing:
-            found.update(self._fetch_missing(key, size, missing, fetch))
-        return [found[i] for i in indices]
+            waits, mine = self._claim(key, missing)
+            pieces = list(_runs(mine, MAX_REQUEST // bs))
+            for piece in pieces[1:]:
+                self._requests.submit(self._fetch_run, key, size, piece, fetch, waits)
+            if pieces:
+                self._fetch_run(key, size, pieces[0], fetch, waits)
+            found.update((i, fut.result()) for i, fut in waits.items())
+        data = b"".join(found[i] for i in range(first, last + 1))
+        offset = start - first * bs
+        return data[offset: offset + end - start]
+
+    def prefetch(self, key: str, size: int, start: int, end: int, fetch: Fetch) -> None:
+        """Fetch the uncached blocks of ``[start, end)`` in the background.
+
+        The blocks are claimed (single flight) before this returns, so a read that arrives
+        meanwhile waits for these requests instead of sending its own. Errors are left to reads.
+        """
+        end = min(end, size)
+        if start >= end:
+            return
+        bs = self.block_size
+        absent = [i for i in range(start // bs, (end - 1) // bs + 1) if not self._cached(key, i)]
+        if absent:
+            waits, mine = self._claim(key, absent)
+            for piece in _runs(mine, MAX_REQUEST // bs):
+                self._requests.submit(self._fetch_run, key, size, piece, fetch, waits)
+
+    def _cached(self, key: str, index: int) -> bool:
+        """Whether a block is in a tier, without reading it."""
+        return self.memory.get((key, index)) is not None or (
+            self.disk is not None and f"{key}.{index}" in self.disk)
+
+    def _claim(self, key: str, indices: list[int]) -> tuple[dict[int, Future[bytes]], list[int]]:
+        """Futures for ``indices``; the ones this caller must fetch are returned in ``mine``."""
+        mine: list[int] = []
+        waits: dict[int, Future[bytes]] = {}
+        with self._lock:
+            for i in indices:
+                fut = self._inflight.get((key, i))
+                if fut is None:
+                    fut = self._inflight[(key, i)] = Future()
+                    mine.append(i)
+                waits[i] = fut
+        return waits, mine
 
     def _lookup(self, key: str, index: int) -> bytes | None:
         data = self.memory.get((key, index))
@@ -288,24 +310,6 @@ class BlockCache:
         self.stats.add("disk_hits")
         self.memory.put((key, index), data)
         return data
-
-    def _fetch_missing(self, key: str, size: int, missing: list[int], fetch: Fetch,
-                       ) -> dict[int, bytes]:
-        mine: list[int] = []
-        waits: dict[int, Future[bytes]] = {}
-        with self._lock:
-            for i in missing:
-                fut = self._inflight.get((key, i))
-                if fut is None:
-                    fut = self._inflight[(key, i)] = Future()
-                    mine.append(i)
-                waits[i] = fut
-        pieces = list(_runs(mine, MAX_REQUEST // self.block_size))
-        for piece in pieces[1:]:
-            self._requests.submit(self._fetch_run, key, size, piece, fetch, waits)
-        if pieces:
-            self._fetch_run(key, size, pieces[0], fetch, waits)
-        return {i: fut.result() for i, fut in waits.items()}
 
     def _fetch_run(self, key: str, size: int, run: tuple[int, int], fetch: Fetch,
                    futures: dict[int, Future[bytes]]) -> None:
@@ -333,7 +337,6 @@ class BlockCache:
             futures[i].set_result(block)
 
     def close(self) -> None:
-        self._prefetches.shutdown(wait=False, cancel_futures=True)
         self._requests.shutdown(wait=False, cancel_futures=True)
         if self.disk is not None:
             self.disk.close()

@@ -256,7 +256,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     while todo:
         directory = todo.pop(0)
         node = ns.getattr(directory)
-        names = ns.listdir(directory) if node.kind == "dir" else [None]
+        names = [n for n, _ in ns.listdir(directory)] if node.kind == "dir" else [None]
         for name in names:
             rel = directory if name is None else f"{directory}/{name}".strip("/")
             n = ns.getattr(rel)

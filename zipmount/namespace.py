@@ -276,13 +276,15 @@ class Namespace:
         return Node(entry.kind, entry.size, entry.mtime_ns + entry.crc % 10**9, entry.mode,
                     entry.method)
 
-    def listdir(self, path: str) -> list[str]:
+    def listdir(self, path: str) -> list[tuple[str, str]]:
+        """(name, kind) of each child: the kind lets readdir fill in d_type, so that walkers
+        like ``find`` need no lookup per file."""
         slot, inner = self._split(path)
         if slot is None:
             names = self._dirs.get(inner)
             if names is None:
                 raise NotFound(path)
-            return sorted(names)
+            return [(n, "dir") for n in sorted(names)]
         archive = self._archive(slot)
         if archive is None:
             if inner:
@@ -292,7 +294,8 @@ class Namespace:
         names = archive.children.get(name)
         if names is None:
             raise NotADirectory(path) if name in archive.entries else NotFound(path)
-        return names
+        prefix = f"{name}/" if name else ""
+        return [(n, archive.entries[prefix + n].kind) for n in names]
 
     def _entry(self, path: str) -> tuple[Archive, Entry]:
         slot, inner = self._split(path)
