@@ -258,6 +258,10 @@ class Archive:
         if entry.method not in SUPPORTED_METHODS:
             raise MemberUnsupported(f"{entry.name}: unsupported compression method {entry.method}")
 
+    def member_version(self, entry: Entry) -> str:
+        """Names this member of this archive version (the object's ETag is in the key)."""
+        return f"{self.cached.key}:{entry.header_offset}"
+
     def reader(self, entry: Entry) -> MemberReader:
         self.check_readable(entry)
         if entry.method == zipfile.ZIP_STORED:
@@ -289,6 +293,13 @@ class Archive:
 
 class MemberReader:
     """Reads of one member for one open file handle."""
+
+    archive: Archive
+    entry: Entry
+
+    @property
+    def version(self) -> str:
+        return self.archive.member_version(self.entry)
 
     def read(self, offset: int, size: int) -> bytes:
         raise NotImplementedError

@@ -233,9 +233,29 @@ def cmd_umount(args: argparse.Namespace) -> int:
     state = mount_state(mp)
     if state == "free":
         raise ZipmountError(f"{mp} is not mounted")
+    pid = _daemon_pid(mp) if state == "mounted" else None
     if not unmount(mp, lazy=state == "stale"):
         raise ZipmountError(f"{mp} is busy (files open?); close them or retry")
+    deadline = time.monotonic() + 15
+    while pid and _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)  # the daemon exits once its last mount is gone
     return 0
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat_line.rpartition(")")[2].split()[0] != "Z"  # a zombie has exited
+
+
+def _daemon_pid(mountpoint: str) -> int | None:
+    """The pid of the zipmount daemon serving ``mountpoint`` (from its stats xattr)."""
+    try:
+        return int(json.loads(os.getxattr(mountpoint, STATS_XATTR))["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def cmd_ls(args: argparse.Namespace) -> int:

@@ -176,7 +176,7 @@ class Daemon:
         ttl = self.config.cache.ttl
         kwargs: dict[str, object] = {
             "foreground": True, "ro": True, "fsname": _fsname(tree.config.source),
-            "subtype": "zipmount", "default_permissions": True, "auto_cache": True,
+            "subtype": "zipmount", "default_permissions": True, "raw_fi": True,
             "entry_timeout": ttl, "attr_timeout": ttl, "negative_timeout": ttl,
         }
         if opts.allow_other:
@@ -186,6 +186,9 @@ class Daemon:
         except BaseException as exc:  # noqa: BLE001 - reported to the main thread
             tree.error = exc
             log.error("FUSE session for %s ended: %s", tree.config.mountpoint, exc)
+        finally:
+            if not any(t.thread and t.thread.is_alive() and t is not tree for t in self.trees):
+                self._stop.set()  # the last mount is gone (e.g. `zipmount umount`): exit now
 
     def run(self, on_ready: Callable[[], None]) -> int:
         """Serve until SIGTERM/SIGINT/SIGHUP or until every mount is unmounted; return 0."""
@@ -208,9 +211,6 @@ class Daemon:
         on_ready()
         notify(f"READY=1\nSTATUS={self.status()}")
         while not self._stop.wait(5):
-            if not any(t.thread and t.thread.is_alive() for t in self.trees):
-                log.info("every mount was unmounted from outside; exiting")
-                break
             notify(f"STATUS={self.status()}")
         notify("STOPPING=1")
         self.shutdown()

@@ -11,6 +11,7 @@ import os
 import stat
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -75,12 +76,21 @@ class ZipOperations(Operations):
         self._handles: dict[int, MemberReader] = {}
         self._handle_locks: dict[int, threading.Lock] = {}
         self._next_fh = itertools.count(1)
+        # Kernel-cache bookkeeping per path (see ``open``): the member version the kernel's
+        # attributes describe, the one whose pages its page cache may hold, and the versions
+        # of the handles open now.
+        self._attr_version: dict[str, str] = {}
+        self._page_version: dict[str, str] = {}
+        self._open_versions: dict[str, Counter[str]] = {}
+        self._lock = threading.Lock()
 
     # -- metadata -------------------------------------------------------------------------------
 
     @_translated
-    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+    def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
         node = self.ns.getattr(path)
+        if node.version:
+            self._attr_version[path] = node.version
         return {
             "st_mode": _KIND_BITS[node.kind] | (node.mode & ~self.umask),
             "st_nlink": node.nlink,
@@ -116,20 +126,40 @@ class ZipOperations(Operations):
     # -- data -------------------------------------------------------------------------------------
 
     @_translated
-    def open(self, path: str, flags: int) -> int:
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
+    def open(self, path: str, fi: Any) -> int:
+        """Open a member; decide how the kernel may cache it, so no reader mixes versions.
+
+        The page cache is kept across opens while the member version stays the same. When the
+        archive was replaced, the first open of the new version drops the old pages — unless
+        the kernel still holds the old attributes (its size would clip reads) or a handle on the
+        old version is still open (its reads would refill old pages): then this handle reads
+        with direct I/O, past the page cache.
+        """
+        if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
             raise FuseOSError(errno.EROFS)
         reader = self.ns.open(path)
-        fh = next(self._next_fh)
-        self._handles[fh] = reader
-        self._handle_locks[fh] = threading.Lock()
-        return fh
+        version = reader.version
+        with self._lock:
+            others = self._open_versions.setdefault(path, Counter())
+            if self._page_version.get(path) == version:
+                fi.keep_cache = 1
+            elif self._attr_version.get(path, version) == version and not any(
+                    v != version for v in others):
+                self._page_version[path] = version  # keep_cache=0: the kernel drops old pages
+            else:
+                fi.direct_io = 1
+            others[version] += 1
+            fh = next(self._next_fh)
+            self._handles[fh] = reader
+            self._handle_locks[fh] = threading.Lock()
+        fi.fh = fh
+        return 0
 
-    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+    def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
         t0 = time.monotonic()
         try:
-            with self._handle_locks[fh]:
-                data = self._handles[fh].read(offset, size)
+            with self._handle_locks[fi.fh]:
+                data = self._handles[fi.fh].read(offset, size)
         except Exception as exc:
             self.stats.record_read(0, time.monotonic() - t0, failed=True)
             code = _errno_of(exc)
@@ -142,9 +172,18 @@ class ZipOperations(Operations):
         self.stats.record_read(len(data), time.monotonic() - t0)
         return data
 
-    def release(self, path: str, fh: int) -> int:
-        reader = self._handles.pop(fh, None)
-        self._handle_locks.pop(fh, None)
+    def release(self, path: str, fi: Any) -> int:
+        with self._lock:
+            reader = self._handles.pop(fi.fh, None)
+            self._handle_locks.pop(fi.fh, None)
+            if reader is not None:
+                versions = self._open_versions.get(path)
+                if versions is not None:
+                    versions[reader.version] -= 1
+                    if versions[reader.version] <= 0:
+                        del versions[reader.version]
+                    if not versions:
+                        del self._open_versions[path]
         if reader is not None:
             reader.close()
         return 0
@@ -155,7 +194,7 @@ class ZipOperations(Operations):
         if path == "/" and name == STATS_XATTR:
             self.stats.set_gauge("open_archives", self.ns.open_archives())
             self.stats.set_gauge("open_files", len(self._handles))
-            return json.dumps(self.stats.snapshot()).encode()
+            return json.dumps({"pid": os.getpid(), **self.stats.snapshot()}).encode()
         raise FuseOSError(errno.ENODATA)
 
     def listxattr(self, path: str) -> list[str]:

@@ -52,6 +52,7 @@ class Node:
     mode: int
     method: int | None = None  # zip compression method of a member
     nlink: int = 1  # directories: 2 + subdirectories
+    version: str = ""  # files: which archive version and member the attributes describe
 
 
 class ArchiveSlot:
@@ -274,7 +275,7 @@ class Namespace:
         # The CRC in the sub-second part of mtime lets the kernel (auto_cache) drop cached pages
         # of a member whose content changed even when its size and DOS timestamp did not.
         return Node(entry.kind, entry.size, entry.mtime_ns + entry.crc % 10**9, entry.mode,
-                    entry.method)
+                    entry.method, version=archive.member_version(entry))
 
     def listdir(self, path: str) -> list[tuple[str, str]]:
         """(name, kind) of each child: the kind lets readdir fill in d_type, so that walkers
