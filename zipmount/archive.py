@@ -227,6 +227,9 @@ class Archive:
         offset = self._data_offsets.get(entry.name)
         if offset is not None:
             return offset
+        if not 0 <= entry.header_offset < self.cached.obj.size:
+            raise ArchiveError(f"{entry.name}: local header offset {entry.header_offset} is "
+                               "outside the archive")
         header_end = (entry.header_offset + _LOCAL_HEADER.size + entry.raw_name_len
                       + entry.extra_len + _LOCAL_SLACK)
         if entry.compress_size <= WHOLE_MEMBER_MAX:
