@@ -137,49 +137,51 @@ class RemoteFile(io.RawIOBase):
 
 
 class Prefetcher:
-    """Sequential-read detection over one archive object, shared by all its open files.
+    """Read-ahead driven by the locality of recent reads.
 
-    Reads are grouped into streams: a read that starts where a stream ended (give or take a
-    local header) continues it. From the second continuation on, the stream reads ahead, the
-    window doubling up to READAHEAD_MAX and refilled once half of it is consumed, in parallel
-    requests. A zarr client reading chunk after chunk of a stored archive is such a stream (the
-    chunks lie one after the other), as is ``cat`` of a big member; random chunk reads are not,
-    so they cost no extra bytes.
+    When the last few reads all fall in a small region and cover a fair part of it, the reader
+    is walking that region: the region and a window beyond it are fetched, in parallel requests,
+    the window doubling (up to READAHEAD_MAX) while the walk goes on. That covers a zarr client
+    reading chunk after chunk of a stored archive — in archive order, or in the lexicographic
+    order of a zip made from a directory (0.0, 0.1, 0.10, ...) — and ``cat`` of a big member.
+    Random chunk reads are spread out, so they cost no extra bytes.
+
+    One instance watches the member opens of an archive; each open big member has its own for
+    the reads inside it.
     """
 
-    GAP = 64 * 1024  # largest hole between two reads that still counts as sequential
-    MAX_STREAMS = 8
+    RECENT = 4  # reads considered
+    SPAN = 8 * 1024 * 1024  # largest region they may spread over
+    DENSITY = 8  # and they must cover at least 1/DENSITY of it
 
     def __init__(self, cached: CachedObject) -> None:
         self.cached = cached
-        self._streams: list[list[int]] = []  # [end, window, fetched_to, hits], most recent last
+        self._recent: list[tuple[int, int]] = []
+        self._window = 0
+        self._fetched = (0, 0)  # the region already asked for
         self._lock = threading.Lock()
 
     def observe(self, start: int, end: int, limit: int) -> None:
-        """Note a read of ``[start, end)``; prefetch ahead, but never past ``limit``."""
+        """Note a read of ``[start, end)``; prefetch if reads are local, never past ``limit``."""
         with self._lock:
-            for stream in self._streams:
-                if stream[0] - (end - start) - self.GAP <= start <= stream[0] + self.GAP:
-                    self._streams.remove(stream)
-                    break
-            else:
-                stream = [end, 0, end, 0]
-                if len(self._streams) >= self.MAX_STREAMS:
-                    self._streams.pop(0)
-            self._streams.append(stream)
-            if start < stream[0] and end <= stream[0]:
-                return  # a re-read inside what the stream already covered
-            stream[0] = end
-            stream[3] += 1
-            if stream[3] < 3:
+            self._recent = [*self._recent[1 - self.RECENT:], (start, end)]
+            if len(self._recent) < self.RECENT:
                 return
-            stream[1] = min(READAHEAD_MAX, max(READAHEAD_MIN, stream[1] * 2))
-            if stream[2] - end >= stream[1] // 2:
+            low = min(s for s, _ in self._recent)
+            high = max(e for _, e in self._recent)
+            covered = sum(e - s for s, e in self._recent)
+            if high - low > self.SPAN or covered * self.DENSITY < high - low:
+                self._window = 0
                 return
-            ahead_from, ahead_to = max(end, stream[2]), min(limit, end + stream[1])
+            self._window = min(READAHEAD_MAX, max(READAHEAD_MIN, self._window * 2))
+            done_low, done_high = self._fetched
+            if done_low <= low and done_high - high >= self._window // 2:
+                return
+            ahead_from = done_high if done_low <= low <= done_high else low
+            ahead_to = min(limit, high + self._window)
             if ahead_from >= ahead_to:
                 return
-            stream[2] = ahead_to
+            self._fetched = (min(low, done_low) if done_low <= low <= done_high else low, ahead_to)
         self.cached.prefetch(ahead_from, ahead_to)
 
 
@@ -322,14 +324,15 @@ class StoredReader(MemberReader):
                                    + entry.extra_len + entry.compress_size, archive.cached.obj.size)
         self.start = archive.data_offset(entry)
         archive.verify_stored(entry, self.start)
+        self.prefetcher = Prefetcher(archive.cached) if entry.size > WHOLE_MEMBER_MAX else None
 
     def read(self, offset: int, size: int) -> bytes:
         begin = self.start + min(offset, self.entry.size)
         end = self.start + min(offset + size, self.entry.size)
         if begin >= end:
             return b""
-        if self.entry.size > WHOLE_MEMBER_MAX:
-            self.archive.prefetcher.observe(begin, end, self.start + self.entry.size)
+        if self.prefetcher is not None:
+            self.prefetcher.observe(begin, end, self.start + self.entry.size)
         return self.archive.cached.read(begin, end)
 
 
@@ -393,7 +396,8 @@ class CompressedReader(MemberReader):
 def _open_stream(archive: Archive, entry: Entry) -> zipfile.ZipExtFile:
     start = archive.data_offset(entry)
     limit = start + entry.compress_size
-    raw = RemoteFile(archive.cached, lambda a, b: archive.prefetcher.observe(a, min(b, limit), limit))
+    prefetcher = Prefetcher(archive.cached)
+    raw = RemoteFile(archive.cached, lambda a, b: prefetcher.observe(a, min(b, limit), limit))
     raw.seek(start)
     info = zipfile.ZipInfo(entry.name)
     info.compress_type = entry.method

@@ -8,6 +8,8 @@ every mount answers, or why it could not.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import logging
 import os
@@ -249,8 +251,20 @@ def _fsname(source: str) -> str:
     return "zipmount:" + source.replace(",", "_").replace(" ", "_")
 
 
+def _return_big_buffers_to_the_os() -> None:
+    """Pin glibc's mmap threshold at 1 MiB.
+
+    glibc raises the threshold (up to 32 MiB) each time a big buffer is freed, after which
+    multi-MiB response buffers come from the heap and the heap keeps the pages: streaming 2 GiB
+    with a 256 MiB memory cap then peaked at 458 MiB RSS (bench, 2026-11-26).
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+
+
 def run_foreground(config: Config, ready_fd: int | None = None) -> int:
     """Serve ``config`` in this process. With ``ready_fd``, report readiness on that pipe."""
+    _return_big_buffers_to_the_os()
 
     def report(message: str) -> None:
         if ready_fd is not None:
