@@ -176,6 +176,22 @@ def stats(mountpoint: Path) -> dict:
     return json.loads(r.stdout)
 
 
+def settled_stats(mountpoint: Path, quiet: float = 1.0, timeout: float = 20) -> dict:
+    """Stats once background fetches (read-ahead, prefetch) have stopped: `requests` and
+    `bytes_fetched` unchanged for QUIET seconds."""
+    deadline = time.monotonic() + timeout
+    last = stats(mountpoint)
+    since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = stats(mountpoint)
+        if (now["requests"], now["bytes_fetched"]) != (last["requests"], last["bytes_fetched"]):
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return now
+    raise AssertionError(f"the daemon kept fetching for {timeout}s: {last}")
+
+
 def zipmount(*args: str | os.PathLike, env: dict | None = None, timeout: float = 90) -> CmdResult:
     return run([ZIPMOUNT, *args], env=env or clean_env(), timeout=timeout)
 
