@@ -6,6 +6,8 @@ set -euo pipefail
 missing=()
 ldconfig -p 2>/dev/null | grep -q 'libfuse\.so\.2' || missing+=(libfuse2)
 command -v fusermount >/dev/null 2>&1 || command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
+# systemd-analyze verifies systemd/zipmount@.service in the tests (systemd need not be running).
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 for pkg in "$@"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
