@@ -173,16 +173,20 @@ def test_deleted_archive_in_prefix_mount(st):
 
 def test_concurrent_readers_never_see_mixed_versions(st):
     """8 threads open, read in 3 pieces (O_DIRECT: each piece is its own FUSE read) and close
-    members while the object is replaced twice. Each piece must come from one version and all
-    pieces of one open file from the same version; failures may only be ESTALE/EIO. In the end
-    every reader sees the last version."""
+    members while the object is replaced twice, then deleted. Each piece must come from one
+    version and all pieces of one open file from the same version; failures may only be
+    ESTALE/EIO (and ENOENT once deleted). Every reader sees the last version after the TTL, and
+    ENOENT after the deletion."""
     versions = _versions("concurrent", 3)
     key = "changes/concurrent.zip"
     st.put(key, plain_zip(versions[0]))
     names = sorted(versions[0])
-    stop = threading.Event()
+    stop, deleted = threading.Event(), threading.Event()
     problems: list[str] = []
     seen: dict[int, int] = {}
+
+    def allowed(exc: OSError) -> bool:
+        return exc.errno in STALE or (deleted.is_set() and exc.errno == errno.ENOENT)
     lock = threading.Lock()
 
     def reader(seed: int, mp) -> None:
@@ -194,7 +198,7 @@ def test_concurrent_readers_never_see_mixed_versions(st):
             try:
                 fd = os.open(mp / name, os.O_RDONLY | os.O_DIRECT)
             except OSError as exc:
-                if exc.errno not in STALE:
+                if not allowed(exc):
                     problems.append(f"open {name}: {exc}")
                 continue
             try:
@@ -210,7 +214,7 @@ def test_concurrent_readers_never_see_mixed_versions(st):
             except AssertionError as exc:
                 problems.append(str(exc))
             except OSError as exc:
-                if exc.errno not in STALE:
+                if not allowed(exc):
                     problems.append(f"read {name}: {exc}")
             finally:
                 os.close(fd)
@@ -225,18 +229,32 @@ def test_concurrent_readers_never_see_mixed_versions(st):
             st.put(key, plain_zip(versions[1]))
             time.sleep(TTL + 1.5)
             st.put(key, plain_zip(versions[2]))
-            time.sleep(TTL + 1.5)
+
+            def latest() -> bool:
+                try:
+                    return all(read_direct(mp / n, 0, 1 << 20) == versions[2][n] for n in names)
+                except OSError:
+                    return False
+            assert wait_for(latest, TTL * 3 + 5, 0.2), "the last version never appeared"
+            time.sleep(0.5)
+            deleted.set()
+            st.delete(key)
+
+            def gone() -> bool:
+                try:
+                    os.stat(mp / names[0])
+                except FileNotFoundError:
+                    return True
+                return False
+            assert wait_for(gone, TTL * 3 + 5, 0.2), "the deleted archive stayed visible"
+            time.sleep(0.5)
         finally:
             stop.set()
             for t in threads:
                 t.join(30)
         assert not any(t.is_alive() for t in threads), "a reader hung"
         assert not problems, problems[:10]
-        assert len(seen) >= 2, f"readers saw only versions {seen}: no change was exercised"
-
-        def latest() -> bool:
-            return all(read_direct(mp / n, 0, 1 << 20) == versions[2][n] for n in names)
-        assert wait_for(latest, TTL * 3 + 5, 0.2), "the last version never appeared"
+        assert len(seen) == 3, f"readers saw only versions {seen}: not every change was exercised"
         assert h.proc.poll() is None
 
 
