@@ -42,7 +42,7 @@ SUPPORTED_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2
 # Members up to this size are fetched whole by the first read: zarr reads chunks whole.
 WHOLE_MEMBER_MAX = 16 * 1024 * 1024
 READAHEAD_MIN = 1024 * 1024
-READAHEAD_MAX = 32 * 1024 * 1024
+READAHEAD_MAX = 8 * 1024 * 1024
 # Compressed members at least this big get a spill file for non-sequential reads.
 SPILL_MIN = 8 * 1024 * 1024
 # What zipfile's decompression streams raise on corrupt data (bz2: OSError, lzma: LZMAError).

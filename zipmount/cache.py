@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 64 * 1024
 # Bigger requests are split and fetched in parallel (one stream does not saturate a link).
-MAX_REQUEST = 8 * 1024 * 1024
+MAX_REQUEST = 2 * 1024 * 1024
 _HEADER = struct.Struct("<8sII")  # magic, crc32, length
 _MAGIC = b"zmblk001"
 
@@ -42,13 +42,29 @@ Fetch = Callable[[int, int], bytes]
 
 
 class MemoryTier:
-    """LRU of blocks under one global byte cap."""
+    """LRU of blocks under one global byte cap.
+
+    The cap also covers the buffers of requests in flight (``reserve``), so that the daemon's
+    memory stays within the cap plus a fixed overhead however hard it is read.
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.used = 0
+        self.reserved = 0
         self._blocks: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._lock = threading.Lock()
+
+    def reserve(self, nbytes: int) -> None:
+        """Hold (positive) or release (negative) room for buffers not in the LRU."""
+        with self._lock:
+            self.reserved += nbytes
+            self._evict()
+
+    def _evict(self) -> None:
+        while self._blocks and self.used + self.reserved > self.capacity:
+            _, evicted = self._blocks.popitem(last=False)
+            self.used -= len(evicted)
 
     def get(self, key: tuple[str, int]) -> bytes | None:
         with self._lock:
@@ -66,9 +82,7 @@ class MemoryTier:
                 self.used -= len(old)
             self._blocks[key] = data
             self.used += len(data)
-            while self.used > self.capacity:
-                _, evicted = self._blocks.popitem(last=False)
-                self.used -= len(evicted)
+            self._evict()
 
 
 class DiskTier:
@@ -324,9 +338,14 @@ class BlockCache:
                    futures: dict[int, Future[bytes]]) -> None:
         first, last = run
         bs = self.block_size
+        nbytes = min(size, (last + 1) * bs) - first * bs
+        # The response arrives in chunks, is joined into one body, then copied into blocks:
+        # up to three copies exist side by side for a moment.
+        self.memory.reserve(3 * nbytes)
         try:
             data = fetch(first * bs, min(size, (last + 1) * bs))
         except BaseException as exc:
+            self.memory.reserve(-3 * nbytes)
             with self._lock:
                 for i in range(first, last + 1):
                     self._inflight.pop((key, i), None)
@@ -334,6 +353,8 @@ class BlockCache:
                 futures[i].set_exception(exc)
             return
         blocks = {i: data[(i - first) * bs: (i - first + 1) * bs] for i in range(first, last + 1)}
+        del data
+        self.memory.reserve(-3 * nbytes)
         for i, block in blocks.items():
             self.memory.put((key, i), block)
         with self._lock:
