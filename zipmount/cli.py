@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import logging.handlers
 import os
 import shutil
 import stat
@@ -83,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_args(m)
 
     u = sub.add_parser("umount", help="unmount (also cleans a mount left by a killed daemon)")
-    u.add_argument("mountpoint")
+    u.add_argument("mountpoint", nargs="?")
+    u.add_argument("--config", help="unmount every mountpoint of this config (if mounted)")
 
     ls = sub.add_parser("ls", help="list an archive or prefix without mounting")
     ls.add_argument("source")
@@ -169,11 +171,19 @@ def _fuse_options(values: list[str]) -> FuseOptions:
     return opts
 
 
-def setup_logging(level: str, log_file: str | None) -> None:
-    handler: logging.Handler = (logging.FileHandler(log_file) if log_file
-                                else logging.StreamHandler(sys.stderr))
-    fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") and \
-        not log_file else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+def setup_logging(level: str, log_file: str | None, background: bool = False) -> None:
+    """Log to ``log_file``, else to stderr; a background daemon without a file logs to syslog."""
+    handler: logging.Handler
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    if log_file:
+        handler = logging.FileHandler(log_file)
+    elif background and os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler("/dev/log", logging.handlers.SysLogHandler.LOG_DAEMON)
+        fmt = "zipmount[%(process)d]: %(levelname)s %(name)s: %(message)s"
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        if os.environ.get("JOURNAL_STREAM"):
+            fmt = "%(levelname)s %(name)s: %(message)s"  # journald adds the time
     handler.setFormatter(logging.Formatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -207,7 +217,7 @@ def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
 
         setup_logging(cfg.log_level, None)
         return run_background(_absolute_argv(argv, cfg), cfg.log_file)
-    setup_logging(cfg.log_level, cfg.log_file)
+    setup_logging(cfg.log_level, cfg.log_file, background=args.ready_fd is not None)
     if not cfg.storage.verify_tls:
         log.warning("TLS certificate verification is OFF (--no-verify-tls): connections to %s "
                     "can be intercepted", cfg.storage.endpoint_url)
@@ -227,12 +237,25 @@ def _absolute_argv(argv: list[str], cfg: Config) -> list[str]:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
+    from .daemon import mount_state
+
+    if args.config:
+        for mount in load_config(args.config).mounts:  # e.g. ExecStopPost after a crash
+            if mount_state(mount.mountpoint) != "free":
+                _umount_one(os.path.abspath(mount.mountpoint))
+        return 0
+    if not args.mountpoint:
+        raise UsageError("umount needs MOUNTPOINT or --config FILE")
+    mp = os.path.abspath(args.mountpoint)
+    if mount_state(mp) == "free":
+        raise ZipmountError(f"{mp} is not mounted")
+    return _umount_one(mp)
+
+
+def _umount_one(mp: str) -> int:
     from .daemon import mount_state, unmount
 
-    mp = os.path.abspath(args.mountpoint)
     state = mount_state(mp)
-    if state == "free":
-        raise ZipmountError(f"{mp} is not mounted")
     pid = _daemon_pid(mp) if state == "mounted" else None
     if not unmount(mp, lazy=state == "stale"):
         raise ZipmountError(f"{mp} is busy (files open?); close them or retry")

@@ -312,11 +312,7 @@ class Namespace:
 
     def open(self, path: str) -> MemberReader:
         archive, entry = self._entry(path)
-        try:
-            return archive.reader(entry)
-        except ZipmountError as exc:
-            log.error("open %s failed: %s", path, exc)
-            raise
+        return archive.reader(entry)
 
     def readlink(self, path: str) -> str:
         archive, entry = self._entry(path)
