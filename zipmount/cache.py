@@ -294,16 +294,23 @@ class BlockCache:
         if start >= end:
             return
         bs = self.block_size
-        absent = [i for i in range(start // bs, (end - 1) // bs + 1) if not self._cached(key, i)]
+        absent, on_disk = [], []
+        for i in range(start // bs, (end - 1) // bs + 1):
+            if self.memory.get((key, i)) is None:
+                if self.disk is not None and f"{key}.{i}" in self.disk:
+                    on_disk.append(i)
+                else:
+                    absent.append(i)
+        if on_disk:  # load them into memory ahead of the reader, off its thread
+            self._requests.submit(self._promote, key, on_disk)
         if absent:
             waits, mine = self._claim(key, absent)
             for piece in _runs(mine, MAX_REQUEST // bs):
                 self._requests.submit(self._fetch_run, key, size, piece, fetch, waits)
 
-    def _cached(self, key: str, index: int) -> bool:
-        """Whether a block is in a tier, without reading it."""
-        return self.memory.get((key, index)) is not None or (
-            self.disk is not None and f"{key}.{index}" in self.disk)
+    def _promote(self, key: str, indices: list[int]) -> None:
+        for i in indices:
+            self._lookup(key, i)
 
     def _claim(self, key: str, indices: list[int]) -> tuple[dict[int, Future[bytes]], list[int]]:
         """Futures for ``indices``; the ones this caller must fetch are returned in ``mine``."""
