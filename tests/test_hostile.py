@@ -397,6 +397,15 @@ def test_read_only_at_every_kernel_entry_point(st, hm):
     assert [(o["Key"], o["ETag"]) for o in after] == [(o["Key"], o["ETag"]) for o in before]
 
 
+def _file_info(flags: int):
+    """The struct libfuse hands to open/read/release (fusepy's ctypes definition)."""
+    import fuse
+
+    fi = fuse.fuse_file_info()
+    fi.flags = flags
+    return fi
+
+
 def test_read_only_at_every_daemon_entry_point(tmp_path):
     """The operations object refuses writes itself (a kernel without the ro flag, or a future
     fusepy, must not reach a write path): every write-like operation answers EROFS."""
@@ -430,14 +439,15 @@ def test_read_only_at_every_daemon_entry_point(tmp_path):
     for flags in (os.O_WRONLY, os.O_RDWR, os.O_RDONLY | os.O_TRUNC, os.O_WRONLY | os.O_APPEND,
                   os.O_WRONLY | os.O_CREAT):
         with pytest.raises(FuseOSError) as ei:
-            ops.open("/hello.txt", flags)
+            ops.open("/hello.txt", _file_info(flags))
         assert ei.value.errno == errno.EROFS, oct(flags)
     with pytest.raises(FuseOSError) as ei:
         ops.access("/hello.txt", os.W_OK)
     assert ei.value.errno == errno.EROFS
-    fh = ops.open("/hello.txt", os.O_RDONLY)
-    assert ops.read("/hello.txt", 100, 0, fh) == GOOD["hello.txt"]
-    ops.release("/hello.txt", fh)
+    fi = _file_info(os.O_RDONLY)  # the daemon runs fusepy with raw_fi: open/read/release get it
+    ops.open("/hello.txt", fi)
+    assert ops.read("/hello.txt", 100, 0, fi) == GOOD["hello.txt"]
+    ops.release("/hello.txt", fi)
     assert path.read_bytes() == ARCHIVES["good.zip"]
     cache.close()
 
