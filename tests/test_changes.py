@@ -171,6 +171,28 @@ def test_deleted_archive_in_prefix_mount(st):
         assert read_file(mp / "keep.zip" / "f001.bin") == v1["f001.bin"]
 
 
+def test_broken_archive_replaced_by_a_good_one(st):
+    """A prefix mount shows a broken archive as an empty directory; once the object is
+    replaced by a readable archive, its contents appear after the TTL, without a remount."""
+    (v1,) = _versions("fixed", 1)
+    key = "changes/fixed/x.zip"
+    st.put(key, b"not a zip yet " * 100)
+    st.put("changes/fixed/ok.zip", plain_zip(v1))
+    with _mount(st, "changes/fixed/") as h:
+        mp = h.mountpoint
+        assert os.listdir(mp / "x.zip") == []
+        st.put(key, plain_zip(v1))
+
+        def fixed() -> bool:
+            try:
+                return sorted(os.listdir(mp / "x.zip")) == sorted(v1)
+            except OSError:
+                return False
+        assert wait_for(fixed, TTL * 3 + 5, 0.2), "the repaired archive never appeared"
+        assert read_file(mp / "x.zip" / "f001.bin") == v1["f001.bin"]
+        assert read_file(mp / "ok.zip" / "f001.bin") == v1["f001.bin"]
+
+
 def test_concurrent_readers_never_see_mixed_versions(st):
     """8 threads open, read in 3 pieces (O_DIRECT: each piece is its own FUSE read) and close
     members while the object is replaced twice, then deleted. Each piece must come from one
