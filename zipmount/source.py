@@ -153,6 +153,12 @@ class Source:
             kwargs["VersionId"] = version
         resp = await self.fs._call_s3("get_object", **kwargs)
         try:
+            etag = resp.get("ETag")
+            if "IfMatch" in kwargs and etag and etag != obj.etag:
+                # A store (or cache in between) that ignores If-Match: the bytes are another
+                # version's, and must not be mixed with this one's.
+                raise ObjectChanged(f"read {obj.path}: the object changed on the server "
+                                    f"(ETag {etag}, serving {obj.etag})")
             return await resp["Body"].read()
         finally:
             resp["Body"].close()
