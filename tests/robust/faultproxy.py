@@ -241,6 +241,8 @@ class FaultProxy:
     port: int = 0
     tls: ssl.SSLContext | None = None  # serve HTTPS with this context (plain HTTP upstream)
     tls_failures: int = 0
+    # request headers not forwarded (lower case), e.g. {"if-match"}: a server that ignores them
+    drop_headers: set[str] = field(default_factory=set)
     rule: Rule | None = None
     requests: list[Request] = field(default_factory=list)
     _server: _Server | None = None
@@ -336,7 +338,8 @@ class FaultProxy:
         try:
             conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
             for k, v in headers:
-                if k.lower() not in ("connection", "keep-alive", "proxy-connection"):
+                if k.lower() not in ("connection", "keep-alive", "proxy-connection",
+                                     *self.drop_headers):
                     conn.putheader(k, v)
             conn.putheader("Connection", "close")
             conn.endheaders(body or None)
