@@ -262,7 +262,12 @@ class Namespace:
             subdirs = sum(1 for n in names if f"{prefix}{n}" in self._dirs or
                           f"{prefix}{n}" in self._slots)
             return Node("dir", 0, self.mtime_ns, 0o555, nlink=2 + subdirs)
-        archive = self._archive(slot)
+        try:
+            archive = self._archive(slot)
+        except SourceError:
+            if inner:
+                raise
+            archive = None  # the store is unreachable now; the archive is still a directory
         if archive is None:
             if inner:
                 raise NotFound(path)
