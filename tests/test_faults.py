@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import time
 
 import pytest
@@ -206,6 +207,10 @@ def test_archive_first_opened_during_outage_recovers(st):
         mp = h.mountpoint
         assert sorted(os.listdir(mp)) == ["a.zip", "b.zip"]
         st.proxy.down()
+        # `ls -l` of the listed directory still works: an archive is a directory even when
+        # its index cannot be fetched now
+        out = guarded(lambda: [os.stat(mp / n).st_mode for n in os.listdir(mp)], TIMEOUT + SLACK)
+        assert out.ok and all(stat.S_ISDIR(m) for m in out.value), out
         out = guarded(lambda: os.listdir(mp / "b.zip"), TIMEOUT + SLACK + 10)
         assert out.error in FAIL, f"{out}: an unreachable archive must be EIO, not empty"
         assert out.elapsed <= TIMEOUT + SLACK, out
