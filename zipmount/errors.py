@@ -51,3 +51,21 @@ class MemberEncrypted(ArchiveError):
     """A member is encrypted; zipmount has no passwords."""
 
     errno = errno.EACCES
+
+
+class NotFound(ZipmountError):
+    """No such path in the mounted tree."""
+
+    errno = errno.ENOENT
+
+
+class NotADirectory(ZipmountError):
+    errno = errno.ENOTDIR
+
+
+class IsADirectory(ZipmountError):
+    errno = errno.EISDIR
+
+
+class NotASymlink(ZipmountError):
+    errno = errno.EINVAL

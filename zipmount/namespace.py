@@ -8,7 +8,6 @@ after ``ttl`` seconds; while the store is unreachable the last good view keeps b
 
 from __future__ import annotations
 
-import errno
 import logging
 import posixpath
 import threading
@@ -17,29 +16,22 @@ from dataclasses import dataclass
 
 from .archive import Archive, CachedObject, Entry, MemberReader
 from .cache import BlockCache
-from .errors import ArchiveError, ObjectNotFound, SourceError, ZipmountError
+from .errors import (
+    ArchiveError,
+    IsADirectory,
+    NotADirectory,
+    NotASymlink,
+    NotFound,
+    ObjectNotFound,
+    SourceError,
+    ZipmountError,
+)
 from .source import ObjectInfo, Source
 from .stats import Stats
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SUFFIXES = (".zip", ".rkns")
-
-
-class NotFound(ZipmountError):
-    errno = errno.ENOENT
-
-
-class NotADirectory(ZipmountError):
-    errno = errno.ENOTDIR
-
-
-class IsADirectory(ZipmountError):
-    errno = errno.EISDIR
-
-
-class NotASymlink(ZipmountError):
-    errno = errno.EINVAL
 
 
 @dataclass(frozen=True)
