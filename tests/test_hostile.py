@@ -47,7 +47,7 @@ from robust.zips import (
     unicode_path_extra,
 )
 from support.checks import assert_one_line_error
-from support.mount import run
+from support.mount import pids_with_marker, run
 
 GOOD = {"hello.txt": b"hello, world\n", "data/blob.bin": random_bytes("good", 300_000)}
 BOMB_SIZE = 64 * 2**20
@@ -549,6 +549,20 @@ def test_secrets_never_in_logs_errors_or_process_titles(st, tmp_path):
                     "--endpoint-url", st.proxy.url, "--log-level", "DEBUG", env=env)
     assert res.rc != 0
     _secret_free(res.stderr + res.stdout, "a failed mount's error")
+    # background mode: the detached daemon's command line, and its log file
+    log_file = tmp_path / "bg.log"
+    with st.zm.mounted_bg(f"s3://{BUCKET}/hostile/good.zip", "--config", str(cfg),
+                          "--log-level", "DEBUG", "--log-file", str(log_file), env=env,
+                          storage=False) as (res, mp):
+        assert res.rc == 0, res.describe()
+        assert read_file(mp / "hello.txt") == GOOD["hello.txt"]
+        pids = pids_with_marker(mp)
+        assert pids, "no daemon process found for the background mount"
+        for pid in pids:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                _secret_free(f.read().decode(errors="replace"), "the daemon's command line")
+        _secret_free(res.stderr + res.stdout, "zipmount mount's output")
+    _secret_free(log_file.read_text(errors="replace"), "the background daemon's log file")
 
 
 def test_secrets_file_readable_by_others_warns(st, tmp_path):
