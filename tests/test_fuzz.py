@@ -19,9 +19,11 @@ sets the example count of every test (``make fuzz`` uses 20000, randomised).
 
 from __future__ import annotations
 
+import atexit
 import bz2
 import lzma
 import os
+import shutil
 import struct
 import tempfile
 import zipfile
@@ -234,6 +236,7 @@ _archive = st.one_of(
 )
 
 _WORK = Path(tempfile.mkdtemp(prefix="zipmount-fuzz-"))
+atexit.register(shutil.rmtree, _WORK, True)
 
 
 def _read_all(archive: Archive) -> None:
@@ -293,6 +296,5 @@ def test_archives_only_raise_zipmount_errors_and_stay_consistent(data):
         _read_all(archive)
     finally:
         cache.close()
-        import shutil
-
+        disk.close()
         shutil.rmtree(disk_root, ignore_errors=True)
