@@ -14,6 +14,7 @@ single flight for concurrent misses, and crash-safe, checksummed, size-capped pe
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import fcntl
@@ -35,8 +36,9 @@ log = logging.getLogger(__name__)
 BLOCK_SIZE = 64 * 1024
 # Bigger requests are split and fetched in parallel (one stream does not saturate a link).
 MAX_REQUEST = 2 * 1024 * 1024
-_HEADER = struct.Struct("<8sII")  # magic, crc32, length
-_MAGIC = b"zmblk001"
+_RUN_HEADER = struct.Struct("<8sI")  # magic, number of blocks; then (crc32, length) per block
+_RUN_ENTRY = struct.Struct("<II")
+_MAGIC = b"zmrun001"
 
 Fetch = Callable[[int, int], bytes]
 
@@ -88,9 +90,12 @@ class MemoryTier:
 class DiskTier:
     """Named files under ``root`` with a total size cap, evicted least recently used first.
 
-    Blocks carry a header with a CRC-32 and are written to a temporary file and renamed, so a
-    daemon killed mid-write never leaves a block that is later served corrupt. One daemon owns a
-    cache directory at a time (``flock`` on ``root/lock``).
+    Blocks are stored as *run files*, one per request (up to MAX_REQUEST of consecutive blocks),
+    with a CRC-32 per block in the header; files are written to a temporary name and renamed, so
+    a daemon killed mid-write never leaves a block that is later served corrupt. (One file per
+    64 KiB block made a remount's whole-array read 1.3 s for 1,558 files; reading 2 MiB runs
+    back is one read each.) One daemon owns a cache directory at a time (``flock`` on
+    ``root/lock``).
     """
 
     def __init__(self, root: Path, capacity: int) -> None:
@@ -108,6 +113,8 @@ class DiskTier:
         self._sizes: OrderedDict[str, int] = OrderedDict()
         self._made_dirs: set[Path] = set()
         self._tmp_ids = itertools.count()
+        # key -> sorted [(first, last)] of the run files holding that object's blocks
+        self._runs: dict[str, list[tuple[int, int]]] = {}
         self.used = 0
         self._load()
         self.prune()  # a restart with a smaller size must not keep more than it allows
@@ -122,8 +129,14 @@ class DiskTier:
                 st = entry.stat()
                 entries.append((st.st_mtime, entry.name, st.st_size))
         for _, name, size in sorted(entries):
+            if not name.endswith((".run", ".index.json", ".spill")):
+                os.unlink(self.path(name))  # not a file this version writes
+                continue
             self._sizes[name] = size
             self.used += size
+            if name.endswith(".run"):
+                key, first, last = _parse_run_name(name)
+                bisect.insort(self._runs.setdefault(key, []), (first, last))
 
     def path(self, name: str) -> Path:
         return self.files_dir / name[:2] / name
@@ -142,24 +155,58 @@ class DiskTier:
             os.utime(self.path(name))
         return True
 
-    def get_block(self, name: str) -> bytes | None:
-        if not self.touch(name):
+    def _run_of(self, key: str, index: int) -> tuple[int, int] | None:
+        runs = self._runs.get(key)
+        if not runs:
             return None
+        pos = bisect.bisect_right(runs, (index, 2**62)) - 1
+        if pos >= 0 and runs[pos][0] <= index <= runs[pos][1]:
+            return runs[pos]
+        return None
+
+    def has_block(self, key: str, index: int) -> bool:
+        with self._lock:
+            return self._run_of(key, index) is not None
+
+    def get_blocks(self, key: str, index: int) -> dict[int, bytes]:
+        """Every block of the run file holding block ``index`` (empty if none, or corrupt).
+
+        A run is read with one read; each block is checked against its CRC-32.
+        """
+        with self._lock:
+            run = self._run_of(key, index)
+        if run is None:
+            return {}
+        name = _run_name(key, *run)
+        if not self.touch(name):
+            return {}
         try:
             raw = self.path(name).read_bytes()
-            magic, crc, length = _HEADER.unpack_from(raw)
-            data = raw[_HEADER.size:]
-            if magic == _MAGIC and length == len(data) and zlib.crc32(data) == crc:
-                return data
-            log.warning("disk cache: dropping corrupt block %s", name)
+            magic, count = _RUN_HEADER.unpack_from(raw)
+            if magic == _MAGIC and count == run[1] - run[0] + 1:
+                blocks, offset = {}, _RUN_HEADER.size + count * _RUN_ENTRY.size
+                for n in range(count):
+                    crc, length = _RUN_ENTRY.unpack_from(raw, _RUN_HEADER.size + n * _RUN_ENTRY.size)
+                    data = raw[offset: offset + length]
+                    if len(data) != length or zlib.crc32(data) != crc:
+                        break
+                    blocks[run[0] + n] = data
+                    offset += length
+                else:
+                    return blocks
+            log.warning("disk cache: dropping corrupt file %s", name)
         except (OSError, struct.error):
             pass
         self.remove(name)
-        return None
+        return {}
 
-    def put_block(self, name: str, data: bytes) -> None:
-        self.write(name, [_HEADER.pack(_MAGIC, zlib.crc32(data), len(data)), data],
-                   _HEADER.size + len(data))
+    def put_run(self, key: str, first: int, blocks: list[bytes]) -> None:
+        """Store consecutive blocks ``first, first+1, ...`` of object ``key`` as one file."""
+        header = [_RUN_HEADER.pack(_MAGIC, len(blocks)),
+                  *(_RUN_ENTRY.pack(zlib.crc32(b), len(b)) for b in blocks)]
+        chunks = [*header, *blocks]
+        self.write(_run_name(key, first, first + len(blocks) - 1), chunks,
+                   sum(map(len, chunks)))
 
     def write(self, name: str, chunks: list[bytes] | Iterator[bytes],
               size: int | None = None) -> None:
@@ -212,9 +259,15 @@ class DiskTier:
             if name is not None:
                 self.used -= self._sizes.pop(name, 0)
                 self._sizes[name] = size
+                if name.endswith(".run"):
+                    key, first, last = _parse_run_name(name)
+                    runs = self._runs.setdefault(key, [])
+                    if (first, last) not in runs:
+                        bisect.insort(runs, (first, last))
             while self.used > self.capacity and self._sizes:
                 old, old_size = self._sizes.popitem(last=False)
                 self.used -= old_size
+                self._forget_run(old)
                 with contextlib.suppress(OSError):  # under the lock: never over, even briefly
                     os.unlink(self.path(old))
 
@@ -228,11 +281,23 @@ class DiskTier:
             names = list(self._sizes)
         spills = sum(n.endswith(".spill") for n in names)
         indexes = sum(n.endswith(".index.json") for n in names)
-        return {"blocks": len(names) - spills - indexes, "indexes": indexes, "spills": spills}
+        blocks = sum(last - first + 1 for n in names if n.endswith(".run")
+                     for _, first, last in [_parse_run_name(n)])
+        return {"blocks": blocks, "indexes": indexes, "spills": spills}
+
+    def _forget_run(self, name: str) -> None:
+        if name.endswith(".run"):
+            key, first, last = _parse_run_name(name)
+            runs = self._runs.get(key, [])
+            if (first, last) in runs:
+                runs.remove((first, last))
+            if not runs:
+                self._runs.pop(key, None)
 
     def remove(self, name: str) -> None:
         with self._lock:
             self.used -= self._sizes.pop(name, 0)
+            self._forget_run(name)
             with contextlib.suppress(OSError):
                 os.unlink(self.path(name))
 
@@ -297,7 +362,7 @@ class BlockCache:
         absent, on_disk = [], []
         for i in range(start // bs, (end - 1) // bs + 1):
             if self.memory.get((key, i)) is None:
-                if self.disk is not None and f"{key}.{i}" in self.disk:
+                if self.disk is not None and self.disk.has_block(key, i):
                     on_disk.append(i)
                 else:
                     absent.append(i)
@@ -310,7 +375,8 @@ class BlockCache:
 
     def _promote(self, key: str, indices: list[int]) -> None:
         for i in indices:
-            self._lookup(key, i)
+            if self.memory.get((key, i)) is None:
+                self._lookup(key, i)  # loads the whole run file holding block i
 
     def _claim(self, key: str, indices: list[int]) -> tuple[dict[int, Future[bytes]], list[int]]:
         """Futures for ``indices``; the ones this caller must fetch are returned in ``mine``."""
@@ -333,13 +399,14 @@ class BlockCache:
         self.stats.add("memory_misses")
         if self.disk is None:
             return None
-        data = self.disk.get_block(f"{key}.{index}")
-        if data is None:
+        blocks = self.disk.get_blocks(key, index)
+        if index not in blocks:
             self.stats.add("disk_misses")
             return None
         self.stats.add("disk_hits")
-        self.memory.put((key, index), data)
-        return data
+        for i, block in blocks.items():  # the whole run file was read: keep all of it
+            self.memory.put((key, i), block)
+        return blocks[index]
 
     def _fetch_run(self, key: str, size: int, run: tuple[int, int], fetch: Fetch,
                    futures: dict[int, Future[bytes]]) -> None:
@@ -372,17 +439,25 @@ class BlockCache:
         # Readers are served first; the disk copy is written after (2 ms per 8 MiB piece
         # otherwise delayed every waiting reader).
         if self.disk is not None:
-            for i, block in blocks.items():
-                try:
-                    self.disk.put_block(f"{key}.{i}", block)
-                except OSError as exc:
-                    log.warning("disk cache write failed: %s", exc)
-                    break
+            try:
+                self.disk.put_run(key, first, list(blocks.values()))
+            except OSError as exc:
+                log.warning("disk cache write failed: %s", exc)
 
     def close(self) -> None:
         self._requests.shutdown(wait=False, cancel_futures=True)
         if self.disk is not None:
             self.disk.close()
+
+
+def _run_name(key: str, first: int, last: int) -> str:
+    return f"{key}.{first}-{last}.run"
+
+
+def _parse_run_name(name: str) -> tuple[str, int, int]:
+    key, span, _ = name.rsplit(".", 2)
+    first, last = span.split("-")
+    return key, int(first), int(last)
 
 
 def _runs(indices: list[int], max_len: int) -> Iterator[tuple[int, int]]:
