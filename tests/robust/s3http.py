@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from support.s3server import free_port
+from support.s3server import free_port, stop_process_group
 
 REGION = "us-east-1"
 # moto accepts any key while IAM enforcement is off; the secret is only ever used for signing.
@@ -67,19 +66,6 @@ class HttpS3:
             return ""
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
-
-
 @contextlib.contextmanager
 def moto_http_server(workdir: Path, start_timeout: float = 30.0) -> Iterator[HttpS3]:
     """Start ``moto_server`` on a free loopback port; always stop it on exit."""
@@ -110,4 +96,4 @@ def moto_http_server(workdir: Path, start_timeout: float = 30.0) -> Iterator[Htt
                 time.sleep(0.05)
         yield server
     finally:
-        _stop(proc)
+        stop_process_group(proc)

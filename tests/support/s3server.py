@@ -202,7 +202,8 @@ def _wait_until_answers(server: MotoS3Server, timeout: float) -> None:
     )
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group, then SIGKILL if it lingers."""
     if proc.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
@@ -263,7 +264,7 @@ def moto_s3_server(workdir: Path, start_timeout: float = 30.0) -> Iterator[MotoS
         try:
             _wait_until_answers(server, start_timeout)
         except BaseException as exc:
-            _stop(proc)
+            stop_process_group(proc)
             last_error = exc
             if attempt < 2 and isinstance(exc, RuntimeError):
                 continue
@@ -271,6 +272,6 @@ def moto_s3_server(workdir: Path, start_timeout: float = 30.0) -> Iterator[MotoS
         try:
             yield server
         finally:
-            _stop(proc)
+            stop_process_group(proc)
         return
     raise RuntimeError(f"could not start moto_server: {last_error}")
