@@ -133,6 +133,9 @@ class Source:
         t0 = time.monotonic()
         data = self._call(f"read {obj.path} [{start}, {end})", self._read_once, obj, start, end)
         if len(data) != end - start:
+            if len(data) > end - start:
+                raise SourceError(f"read {obj.path}: the server ignored the Range header "
+                                  f"({len(data)} bytes for a {end - start}-byte range)")
             raise ObjectChanged(f"{obj.path}: short read ({len(data)} of {end - start} bytes)")
         self.stats.record_request(len(data), time.monotonic() - t0)
         return data
