@@ -24,7 +24,7 @@ from service_kit import (
     write_config,
     zipmount,
 )
-from support.s3server import _stop, moto_s3_server
+from support.s3server import moto_s3_server, stop_process_group
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def test_prefetched_files_read_after_the_endpoint_is_gone(tmp_path, private_s3):
         before = settled_stats(mp)
         assert before["bytes_read"] >= sum(len(files[n]) for n in warm)
 
-        _stop(private_s3.proc)
+        stop_process_group(private_s3.proc)
         time.sleep(1.5)  # past the ttl: revalidation now fails, the last good view is served
         for name in warm:
             r = read_uncached(mp / name, timeout=60)

@@ -30,7 +30,7 @@ from service_kit import (
     zipmount,
 )
 from support.mount import cleanup, is_mounted, run
-from support.s3server import _stop, free_port, moto_s3_server
+from support.s3server import free_port, moto_s3_server, stop_process_group
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 
@@ -157,7 +157,7 @@ def test_remote_error_is_logged_with_key_and_errno(tmp_path, private_s3):
     with daemon(cfg, [mp], env=env) as d:
         r = read_uncached(mp / "dir/file0.bin")
         assert r.rc == 0 and r.stdout_bytes == files["dir/file0.bin"], r.describe()
-        _stop(private_s3.proc)
+        stop_process_group(private_s3.proc)
         t0 = time.monotonic()
         r = read_uncached(mp / "dir/file3.bin", timeout=60)
         took = time.monotonic() - t0
