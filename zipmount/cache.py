@@ -143,10 +143,6 @@ class DiskTier:
     def path(self, name: str) -> Path:
         return self.files_dir / name[:2] / name
 
-    def __contains__(self, name: str) -> bool:
-        with self._lock:
-            return name in self._sizes
-
     def touch(self, name: str) -> bool:
         """Mark ``name`` as just used; False if it is not cached."""
         with self._lock:

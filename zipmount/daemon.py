@@ -26,7 +26,7 @@ from fuse import FUSE
 
 from .cache import BlockCache, DiskTier
 from .config import Config, MountConfig
-from .errors import SourceError, UsageError, ZipmountError
+from .errors import UsageError, ZipmountError
 from .fuseops import ZipOperations
 from .namespace import Namespace
 from .source import Source
@@ -279,9 +279,6 @@ def run_foreground(config: Config, ready_fd: int | None = None) -> int:
     daemon = Daemon(config)
     try:
         return daemon.run(on_ready=lambda: report("ready"))
-    except SourceError as exc:
-        report(f"error: {exc}")
-        raise
     except ZipmountError as exc:
         report(f"error: {exc}")
         raise
