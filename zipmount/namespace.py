@@ -66,6 +66,11 @@ class ArchiveSlot:
     def is_open(self) -> bool:
         return self._archive is not None
 
+    @property
+    def deleted(self) -> bool:
+        """The last revalidation found the object gone."""
+        return isinstance(self._broken, ObjectNotFound)
+
     def node(self) -> Node:
         archive = self._archive
         subdirs = archive.subdirs.get(self.ns.root, 0) if archive is not None else 0
@@ -78,7 +83,7 @@ class ArchiveSlot:
                 log.info("archive %s changed on the server (ETag %s -> %s)", obj.path,
                          self.obj.etag, obj.etag)
                 self.obj, self._archive, self._broken = obj, None, None
-            elif isinstance(self._broken, ObjectNotFound):  # deleted, now back
+            elif self.deleted:  # deleted, now back
                 self._broken = None
             self._checked = time.monotonic()
 
@@ -117,14 +122,12 @@ class ArchiveSlot:
             log.warning("archive %s was deleted on the server", self.obj.path)
             with self._lock:
                 self._archive, self._broken = None, ObjectNotFound(f"{self.obj.path}: deleted")
-                self.ns.deleted = True
             return
         except SourceError as exc:
             log.warning("cannot revalidate %s, serving the last good version: %s",
                         self.obj.path, exc)
             return
         if obj is not None:
-            self.ns.deleted = False
             self.replace(obj)
 
 
@@ -142,7 +145,6 @@ class Namespace:
         self.root = (root or "").strip("/")
         self.ttl = ttl
         self.single = False
-        self.deleted = False
         self._slots: dict[str, ArchiveSlot] = {}  # mount-relative path -> archive
         self._dirs: dict[str, set[str]] = {"": set()}
         self._listed = 0.0
@@ -240,7 +242,7 @@ class Namespace:
 
     def _archive(self, slot: ArchiveSlot) -> Archive | None:
         archive = slot.archive()
-        if self.single and self.deleted and archive is None:
+        if self.single and slot.deleted and archive is None:
             raise NotFound(slot.obj.path)
         return archive
 

@@ -244,7 +244,7 @@ def _object_info(path: str, info: dict[str, Any]) -> ObjectInfo:
         mtime = mtime.timestamp()
     if not etag:
         etag = f"mtime:{float(mtime)!r}"
-    return ObjectInfo(path=info.get("name", path).rstrip("/") if "name" in info else path,
+    return ObjectInfo(path=info.get("name", path).rstrip("/"),
                       size=int(info.get("size") or 0), etag=str(etag), mtime=float(mtime))
 
 
