@@ -84,7 +84,9 @@ def test_replaced_object_old_version_then_new(st):
             except OSError:
                 return False
         assert wait_for(new_version_visible, TTL * 3 + 5, 0.2), "v2 never appeared"
-        assert os.stat(mp / "grows.bin").st_size == len(v2["grows.bin"])
+        # The kernel's attribute cache catches up within the TTL.
+        assert wait_for(lambda: os.stat(mp / "grows.bin").st_size == len(v2["grows.bin"]),
+                        TTL * 2 + 1, 0.2)
         assert h.proc.poll() is None
 
 
@@ -108,25 +110,69 @@ def test_every_range_get_is_pinned_with_if_match(st):
     del v2
 
 
-def test_uncached_read_after_replace_is_estale_never_new_bytes(st):
+def test_uncached_read_after_replace_is_estale_then_revalidates(st):
     v1, v2 = _versions("estale", 2)
     key = "changes/estale.zip"
     st.put(key, plain_zip(v1))
-    with _mount(st, key, "--ttl", "3600") as h:  # no revalidation during this test
+    with _mount(st, key, "--ttl", "3600") as h:  # no revalidation by the TTL in this test
         mp = h.mountpoint
         assert sorted(os.listdir(mp)) == sorted(v1)
-        st.put(key, plain_zip(v2))
-        # f002/f003 were never fetched; grows.bin (the last member) came with the tail that
-        # held the central directory, so it is still served, as v1.
-        for name in ("f002.bin", "f003.bin", "grows.bin"):
-            out = guarded(lambda n=name: read_direct(mp / n, 0, 1 << 20), 20)
-            if name == "grows.bin":
-                assert out.error in STALE or out.value == v1[name], (name, out)
-            else:
-                assert out.error in STALE, (name, out)
-        log = h.stderr()
-        assert "changed on the server" in log or "ETag" in log, log[-2000:]
+        fd = os.open(mp / "f003.bin", os.O_RDONLY | os.O_DIRECT)  # opened on v1
+        try:
+            st.put(key, plain_zip(v2))
+            # f002 was never fetched: its range GET carries v1's ETag, the store answers 412.
+            out = guarded(lambda: read_direct(mp / "f002.bin", 0, 1 << 20), 20)
+            assert out.error in STALE, out
+            log = h.stderr()
+            assert "changed on the server" in log or "ETag" in log, log[-2000:]
+            # The handle opened on v1 never gets v2's bytes: v1's (cached) or ESTALE.
+            out = guarded(lambda: _pread_direct(fd, 0, 1 << 20), 20)
+            assert out.error in STALE or out.value == v1["f003.bin"], out
+        finally:
+            os.close(fd)
+
+        # The 412 made the mount revalidate at once, not after the hour-long TTL: new opens
+        # see v2.
+        def new_version_visible() -> bool:
+            try:
+                return all(read_direct(mp / n, 0, 1 << 20) == v2[n] for n in v2)
+            except OSError:
+                return False
+        assert wait_for(new_version_visible, 15, 0.2), "v2 never appeared"
         assert h.proc.poll() is None
+
+
+def test_remount_within_ttl_needs_no_request_and_recovers_from_a_change(st):
+    """A remount with the same cache dir within the TTL of the last check trusts the remembered
+    identity and persisted index: no request at all. If the object changed meanwhile, the
+    first read that needs the server gets ESTALE and the mount switches to the new version."""
+    v1, v2 = _versions("remount", 2)
+    key = "changes/remount.zip"
+    st.put(key, plain_zip(v1))
+    cache = st.workdir / "remount-cache"
+    opts = ("--ttl", "600", "--cache-dir", str(cache))
+    with _mount(st, key, *opts) as h:
+        assert read_file(h.mountpoint / "f000.bin") == v1["f000.bin"]
+    st.proxy.clear()
+    with _mount(st, key, *opts) as h:
+        mp = h.mountpoint
+        assert sorted(os.listdir(mp)) == sorted(v1)
+        assert read_file(mp / "f000.bin") == v1["f000.bin"]
+        assert st.proxy.log() == [], "a remount within the TTL made requests"
+        st.put(key, plain_zip(v2))
+        out = guarded(lambda: read_direct(mp / "f001.bin", 0, 1 << 20), 20)
+        assert out.error in STALE, out
+
+        def new_version_visible() -> bool:
+            try:
+                return all(read_direct(mp / n, 0, 1 << 20) == v2[n] for n in v2)
+            except OSError:
+                return False
+        assert wait_for(new_version_visible, 15, 0.2), "v2 never appeared"
+    st.proxy.clear()
+    with _mount(st, key, "--ttl", "0", "--cache-dir", str(cache)) as h:
+        assert read_file(h.mountpoint / "f001.bin") == v2["f001.bin"]
+        assert st.proxy.log(), "--ttl 0: the remount must check the object"
 
 
 def test_server_ignoring_if_match_still_never_mixes_versions(st):

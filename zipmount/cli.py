@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import logging.handlers
 import os
 import shutil
 import stat
@@ -178,7 +177,9 @@ def setup_logging(level: str, log_file: str | None, background: bool = False) ->
     if log_file:
         handler = logging.FileHandler(log_file)
     elif background and os.path.exists("/dev/log"):
-        handler = logging.handlers.SysLogHandler("/dev/log", logging.handlers.SysLogHandler.LOG_DAEMON)
+        from logging.handlers import SysLogHandler
+
+        handler = SysLogHandler("/dev/log", SysLogHandler.LOG_DAEMON)
         fmt = "zipmount[%(process)d]: %(levelname)s %(name)s: %(message)s"
     else:
         handler = logging.StreamHandler(sys.stderr)

@@ -10,9 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-from dotenv import dotenv_values
-
 from .errors import UsageError
 from .namespace import DEFAULT_SUFFIXES
 from .source import StorageOptions
@@ -117,6 +114,8 @@ def load_config(path: str) -> Config:
         text = Path(path).read_text()
     except OSError as exc:
         raise UsageError(f"{path}: cannot read config file ({exc.strerror})") from None
+    import yaml  # imported here: most mounts have no config file
+
     try:
         doc = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -189,6 +188,8 @@ def apply_env_file(storage: StorageOptions, path: str) -> None:
     """Take STORAGE_ACCESS_KEY, STORAGE_SECRET_KEY and ENDPOINT_FULL from a ``.env`` file."""
     if not os.path.isfile(path):
         raise UsageError(f"{path}: env file not found")
+    from dotenv import dotenv_values
+
     values = dotenv_values(path)
     if values.get("STORAGE_SECRET_KEY"):
         _warn_if_readable(path)

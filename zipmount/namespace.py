@@ -8,14 +8,16 @@ after ``ttl`` seconds; while the store is unreachable the last good view keeps b
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import posixpath
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from .archive import Archive, CachedObject, Entry, MemberReader
-from .cache import BlockCache
+from .cache import BlockCache, DiskTier
 from .errors import (
     ArchiveError,
     IsADirectory,
@@ -47,6 +49,37 @@ class Node:
     version: str = ""  # files: which archive version and member the attributes describe
 
 
+def _identity_file(location: str, path: str) -> str:
+    return hashlib.sha256(f"{location}\0{path}".encode()).hexdigest()[:40] + ".ident.json"
+
+
+def remember_identity(disk: DiskTier | None, location: str, path: str, obj: ObjectInfo) -> None:
+    """Note in the cache dir that ``path`` was ``obj`` just now (for the next mount)."""
+    if disk is None:
+        return
+    data = json.dumps({**asdict(obj), "checked": time.time()}).encode()
+    try:
+        disk.write(_identity_file(location, path), [data], len(data))
+    except OSError as exc:
+        log.debug("cannot remember the identity of %s: %s", path, exc)
+
+
+def remembered_identity(disk: DiskTier | None, location: str, path: str,
+                        ttl: float) -> tuple[ObjectInfo, float] | None:
+    """The identity of ``path`` seen by an earlier mount less than ``ttl`` seconds ago, and its age."""
+    name = _identity_file(location, path)
+    if disk is None or ttl <= 0 or not disk.touch(name):
+        return None
+    try:
+        doc = json.loads(disk.path(name).read_bytes())
+        age = time.time() - float(doc.pop("checked"))
+        obj = ObjectInfo(**doc)
+    except (OSError, ValueError, TypeError, KeyError):
+        disk.remove(name)
+        return None
+    return (obj, age) if 0 <= age < ttl else None
+
+
 class ArchiveSlot:
     """One archive in the tree: opened on first use, revalidated after the TTL.
 
@@ -54,12 +87,12 @@ class ArchiveSlot:
     affects its siblings.
     """
 
-    def __init__(self, ns: Namespace, obj: ObjectInfo) -> None:
+    def __init__(self, ns: Namespace, obj: ObjectInfo, age: float = 0.0) -> None:
         self.ns = ns
         self.obj = obj
         self._archive: Archive | None = None
         self._broken: ZipmountError | None = None
-        self._checked = time.monotonic()
+        self._checked = time.monotonic() - age  # when the identity was last confirmed
         self._lock = threading.Lock()
 
     @property
@@ -87,6 +120,13 @@ class ArchiveSlot:
                 self._broken = None
             self._checked = time.monotonic()
 
+    def expire(self) -> None:
+        """The server no longer has the version served: revalidate on the next access."""
+        if self.ns.single:
+            self._checked = float("-inf")
+        else:
+            self.ns.expire_listing()
+
     def archive(self, strict: bool = False) -> Archive | None:
         """The open archive, or None if it is broken (``strict``: raise instead)."""
         with self._lock:
@@ -98,7 +138,7 @@ class ArchiveSlot:
                                  name="zipmount-revalidate").start()
             if self._archive is None and (self._broken is None or strict):
                 try:
-                    cached = CachedObject(self.ns.source, self.obj, self.ns.cache)
+                    cached = CachedObject(self.ns.source, self.obj, self.ns.cache, self.expire)
                     self._archive = Archive.open(cached, self.ns.cache.disk)
                     self._broken = None
                     self.ns.stats.add("archives_opened")
@@ -129,6 +169,7 @@ class ArchiveSlot:
             return
         if obj is not None:
             self.replace(obj)
+            remember_identity(self.ns.cache.disk, self.ns.source.location, self.ns.path, obj)
 
 
 class Namespace:
@@ -155,11 +196,24 @@ class Namespace:
     # -- set-up ---------------------------------------------------------------------------------
 
     def check(self) -> None:
-        """Connect and validate the source: raises a one-line error if it cannot be served."""
-        obj = None if self.path.endswith("/") else self.source.stat(self.path)
+        """Connect and validate the source: raises a one-line error if it cannot be served.
+
+        A single archive whose identity an earlier mount confirmed less than ``ttl`` ago is
+        served from the persisted index without any request (revalidated once the TTL is up).
+        """
+        disk, location = self.cache.disk, self.source.location
+        remembered = None if self.path.endswith("/") else \
+            remembered_identity(disk, location, self.path, self.ttl)
+        if remembered is not None:
+            obj, age = remembered
+        else:
+            age = 0.0
+            obj = None if self.path.endswith("/") else self.source.stat(self.path)
+            if obj is not None:
+                remember_identity(disk, location, self.path, obj)
         if obj is not None:
             self.single = True
-            slot = self._slots[""] = ArchiveSlot(self, obj)
+            slot = self._slots[""] = ArchiveSlot(self, obj, age)
             archive = slot.archive(strict=True)
             if archive is not None and self.root and self.root not in archive.children:
                 raise ArchiveError(f"--root {self.root!r} is not a directory in {obj.path}")
@@ -200,6 +254,10 @@ class Namespace:
             self._slots, self._dirs = slots, dirs
             self._listed = time.monotonic()
         log.info("listed %s: %d archives", self.path, len(slots))
+
+    def expire_listing(self) -> None:
+        """Relist on the next access, whatever the TTL says."""
+        self._listed = float("-inf")
 
     def _fresh(self) -> None:
         """Relist in the background once the listing is older than the TTL."""
