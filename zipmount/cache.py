@@ -343,9 +343,14 @@ class BlockCache:
             if pieces:
                 self._fetch_run(key, size, pieces[0], fetch, waits)
             found.update((i, fut.result()) for i, fut in waits.items())
-        data = b"".join(found[i] for i in range(first, last + 1))
         offset = start - first * bs
-        return data[offset: offset + end - start]
+        if first == last:
+            return found[first][offset: offset + end - start]
+        # One copy: the parts of the first and last block that are wanted, joined.
+        parts = [memoryview(found[i]) for i in range(first, last + 1)]
+        parts[0] = parts[0][offset:]
+        parts[-1] = parts[-1][: end - last * bs]
+        return b"".join(parts)
 
     def prefetch(self, key: str, size: int, start: int, end: int, fetch: Fetch) -> None:
         """Fetch the uncached blocks of ``[start, end)`` in the background.
