@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 import traceback
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -393,6 +394,7 @@ class Bench:
         total = sum(a["members"][m]["file_size"] for m in members)
         log(f"memory check: streaming {total / MIB:.0f} MiB through the mount, cap {cap} MiB "
             f"({' '.join(extra) or 'default'})")
+        endpoint_mbps = self.one_stream_mb_per_s(a["key"], a["members"][members[0]]["file_size"])
         mark = self.nginx.log_mark()
         wall_start = time.time()
         try:
@@ -420,6 +422,7 @@ class Bench:
         rec = {
             "rep": self.rep, "delay_ms": 0, "contender": "zipmount", "step": "memory",
             "time_s": elapsed, "streamed_bytes": total, "mb_per_s": total / MB / elapsed,
+            "one_stream_mb_per_s": endpoint_mbps,
             "mem_cap_mib": cap, "memcap_args": extra, "mount": sub,
             "rss_after_mount_kb": base.get("rss_kb"), "rss_peak_sampled_kb": sampler.peak_kb,
             "vmhwm_kb": end.get("hwm_kb"), "rss_end_kb": end.get("rss_kb"),
@@ -432,6 +435,27 @@ class Bench:
         self.records.append(rec)
         log(f"  memory: {elapsed:.1f} s, {rec['mb_per_s']:.0f} MB/s, VmHWM "
             f"{(rec['vmhwm_kb'] or 0) / 1024:.0f} MiB, {rec['requests']} req")
+
+    def one_stream_mb_per_s(self, key: str, nbytes: int) -> dict[str, float]:
+        """What the endpoint gives one client reading ``nbytes`` in one stream: a plain HTTP
+        range GET (urllib, 1 MiB reads), and s3fs (the seed recipe's library, 8 MiB blocks)."""
+        import s3fs
+
+        req = urllib.request.Request(f"{self.nginx.url}/{key}",
+                                     headers={"Range": f"bytes=0-{nbytes - 1}"})
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            while resp.read(MIB):
+                pass
+        plain = nbytes / MB / (time.perf_counter() - t0)
+        fs = s3fs.S3FileSystem(anon=True, endpoint_url=self.nginx.url, skip_instance_cache=True)
+        t0 = time.perf_counter()
+        with fs.open(key, "rb",
+                     block_size=8 * MIB, cache_type="none") as f:
+            left = nbytes
+            while left > 0 and (piece := f.read(min(8 * MIB, left))):
+                left -= len(piece)
+        return {"plain_http": plain, "s3fs": nbytes / MB / (time.perf_counter() - t0)}
 
     # --- main ---
     def run(self) -> int:
@@ -858,7 +882,9 @@ class Bench:
                 "Worst round: "
                 f"streamed {mem['streamed_bytes'] / (1 << 30):.2f} GiB "
                 f"({len(mem['members'])} members, `cat` each) in {mem['time_s']:.1f} s "
-                f"({mem['mb_per_s']:.0f} MB/s) with "
+                f"({mem['mb_per_s']:.0f} MB/s; one stream of the same bytes from nginx: "
+                f"{mem['one_stream_mb_per_s']['plain_http']:.0f} MB/s with a plain HTTP GET, "
+                f"{mem['one_stream_mb_per_s']['s3fs']:.0f} MB/s with s3fs) with "
                 f"`{' '.join(mem['memcap_args']) or '(default)'}`:"
                 f" daemon VmHWM {(mem['vmhwm_kb'] or 0) / 1024:.0f} MiB, highest sampled VmRSS "
                 f"{mem['rss_peak_sampled_kb'] / 1024:.0f} MiB, RSS after mount "
