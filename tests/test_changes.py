@@ -173,6 +173,15 @@ def test_remount_within_ttl_needs_no_request_and_recovers_from_a_change(st):
     with _mount(st, key, "--ttl", "0", "--cache-dir", str(cache)) as h:
         assert read_file(h.mountpoint / "f001.bin") == v2["f001.bin"]
         assert st.proxy.log(), "--ttl 0: the remount must check the object"
+    # Replaced again, and of the remembered version only the identity is left in the cache
+    # (its index and blocks were evicted): the mount finds out while opening it, and serves
+    # the new version.
+    (v3,) = _versions("remount-v3", 1)
+    st.put(key, plain_zip(v3))
+    for kept in [*cache.rglob("*.index.json"), *cache.rglob("*.run")]:
+        kept.unlink()
+    with _mount(st, key, *opts) as h:
+        assert read_file(h.mountpoint / "f002.bin") == v3["f002.bin"]
 
 
 def test_server_ignoring_if_match_still_never_mixes_versions(st):

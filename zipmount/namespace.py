@@ -24,6 +24,7 @@ from .errors import (
     NotADirectory,
     NotASymlink,
     NotFound,
+    ObjectChanged,
     ObjectNotFound,
     SourceError,
     ZipmountError,
@@ -201,24 +202,34 @@ class Namespace:
         A single archive whose identity an earlier mount confirmed less than ``ttl`` ago is
         served from the persisted index without any request (revalidated once the TTL is up).
         """
-        disk, location = self.cache.disk, self.source.location
-        remembered = None if self.path.endswith("/") else \
-            remembered_identity(disk, location, self.path, self.ttl)
-        if remembered is not None:
-            obj, age = remembered
-        else:
-            age = 0.0
-            obj = None if self.path.endswith("/") else self.source.stat(self.path)
-            if obj is not None:
-                remember_identity(disk, location, self.path, obj)
-        if obj is not None:
-            self.single = True
-            slot = self._slots[""] = ArchiveSlot(self, obj, age)
-            archive = slot.archive(strict=True)
-            if archive is not None and self.root and self.root not in archive.children:
-                raise ArchiveError(f"--root {self.root!r} is not a directory in {obj.path}")
+        if self.path.endswith("/"):
+            self._relist(strict=True)
             return
-        self._relist(strict=True)
+        remembered = remembered_identity(self.cache.disk, self.source.location, self.path,
+                                         self.ttl)
+        if remembered is not None:
+            try:
+                self._open_single(*remembered)
+                return
+            except ObjectChanged:  # replaced since, and its index is no longer cached
+                log.info("%s changed since it was last checked", self.path)
+        obj = self.source.stat(self.path)
+        if obj is None:
+            self._relist(strict=True)
+            return
+        remember_identity(self.cache.disk, self.source.location, self.path, obj)
+        self._open_single(obj, 0.0)
+
+    def _open_single(self, obj: ObjectInfo, age: float) -> None:
+        self.single = True
+        slot = self._slots[""] = ArchiveSlot(self, obj, age)
+        try:
+            archive = slot.archive(strict=True)
+        except ZipmountError:
+            self.single, self._slots = False, {}
+            raise
+        if archive is not None and self.root and self.root not in archive.children:
+            raise ArchiveError(f"--root {self.root!r} is not a directory in {obj.path}")
 
     def _relist(self, strict: bool = False) -> None:
         try:
