@@ -18,6 +18,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from robust.harness import guarded, read_direct, read_file, stack, wait_for
@@ -55,6 +56,16 @@ def _classify(data: bytes, name: str, versions: list[dict[str, bytes]], offset: 
     return hits[0]
 
 
+def _shows(mp, files: dict[str, bytes], read=read_direct) -> Callable[[], bool]:
+    """A condition for ``wait_for``: new reads of every file under ``mp`` give ``files``."""
+    def check() -> bool:
+        try:
+            return all(read(mp / n, 0, 1 << 20) == data for n, data in files.items())
+        except OSError:
+            return False
+    return check
+
+
 def test_replaced_object_old_version_then_new(st):
     v1, v2 = _versions("replace", 2)
     key = "changes/replace.zip"
@@ -78,12 +89,8 @@ def test_replaced_object_old_version_then_new(st):
             assert out.error in STALE, f"uncached member after the change: {out}"
             assert "ESTALE" in h.stderr() or "changed" in h.stderr(), h.stderr()[-2000:]
         # After revalidation the new version appears, through the page cache too.
-        def new_version_visible() -> bool:
-            try:
-                return all(read_file(mp / n) == v2[n] for n in v2)
-            except OSError:
-                return False
-        assert wait_for(new_version_visible, TTL * 3 + 5, 0.2), "v2 never appeared"
+        assert wait_for(_shows(mp, v2, lambda p, *_: read_file(p)), TTL * 3 + 5, 0.2), \
+            "v2 never appeared"
         # The kernel's attribute cache catches up within the TTL.
         assert wait_for(lambda: os.stat(mp / "grows.bin").st_size == len(v2["grows.bin"]),
                         TTL * 2 + 1, 0.2)
@@ -133,12 +140,7 @@ def test_uncached_read_after_replace_is_estale_then_revalidates(st):
 
         # The 412 made the mount revalidate at once, not after the hour-long TTL: new opens
         # see v2.
-        def new_version_visible() -> bool:
-            try:
-                return all(read_direct(mp / n, 0, 1 << 20) == v2[n] for n in v2)
-            except OSError:
-                return False
-        assert wait_for(new_version_visible, 15, 0.2), "v2 never appeared"
+        assert wait_for(_shows(mp, v2), 15, 0.2), "v2 never appeared"
         assert h.proc.poll() is None
 
 
@@ -162,13 +164,7 @@ def test_remount_within_ttl_needs_no_request_and_recovers_from_a_change(st):
         st.put(key, plain_zip(v2))
         out = guarded(lambda: read_direct(mp / "f001.bin", 0, 1 << 20), 20)
         assert out.error in STALE, out
-
-        def new_version_visible() -> bool:
-            try:
-                return all(read_direct(mp / n, 0, 1 << 20) == v2[n] for n in v2)
-            except OSError:
-                return False
-        assert wait_for(new_version_visible, 15, 0.2), "v2 never appeared"
+        assert wait_for(_shows(mp, v2), 15, 0.2), "v2 never appeared"
     st.proxy.clear()
     with _mount(st, key, "--ttl", "0", "--cache-dir", str(cache)) as h:
         assert read_file(h.mountpoint / "f001.bin") == v2["f001.bin"]
