@@ -180,6 +180,34 @@ def test_remount_within_ttl_needs_no_request_and_recovers_from_a_change(st):
         assert read_file(h.mountpoint / "f002.bin") == v3["f002.bin"]
 
 
+def test_prefix_remount_within_ttl_needs_no_listing(st):
+    """A prefix mount remembers its listing too: a remount within the TTL lists and reads what
+    it read before without any request; a new archive shows once the listing is older than
+    the TTL."""
+    (v1,) = _versions("premount", 1)
+    st.put("changes/premount/a.zip", plain_zip(v1))
+    st.put("changes/premount/sub/b.zip", plain_zip(v1))
+    cache = st.workdir / "premount-cache"
+    opts = ("--cache-dir", str(cache))
+
+    def walk(mp):
+        assert sorted(os.listdir(mp)) == ["a.zip", "sub"]
+        assert os.listdir(mp / "sub") == ["b.zip"]
+        for archive in (mp / "a.zip", mp / "sub" / "b.zip"):
+            assert read_file(archive / "f000.bin") == v1["f000.bin"]
+
+    with _mount(st, "changes/premount/", "--ttl", "600", *opts) as h:
+        walk(h.mountpoint)
+    st.proxy.clear()
+    with _mount(st, "changes/premount/", "--ttl", "600", *opts) as h:
+        walk(h.mountpoint)
+        assert st.proxy.log() == [], "a remount within the TTL made requests"
+    st.put("changes/premount/c.zip", plain_zip(v1))
+    with _mount(st, "changes/premount/", "--ttl", str(TTL), *opts) as h:
+        assert wait_for(lambda: "c.zip" in os.listdir(h.mountpoint), TTL * 3 + 5, 0.2)
+        assert read_file(h.mountpoint / "c.zip" / "f001.bin") == v1["f001.bin"]
+
+
 def test_server_ignoring_if_match_still_never_mixes_versions(st):
     """Some S3-compatible stores and caching proxies ignore If-Match. The response's own ETag
     then tells that the bytes belong to another version: still ESTALE, never mixed bytes."""

@@ -50,35 +50,40 @@ class Node:
     version: str = ""  # files: which archive version and member the attributes describe
 
 
-def _identity_file(location: str, path: str) -> str:
+def _view_file(location: str, path: str) -> str:
     return hashlib.sha256(f"{location}\0{path}".encode()).hexdigest()[:40] + ".ident.json"
 
 
-def remember_identity(disk: DiskTier | None, location: str, path: str, obj: ObjectInfo) -> None:
-    """Note in the cache dir that ``path`` was ``obj`` just now (for the next mount)."""
+def remember_view(disk: DiskTier | None, location: str, path: str, objects: list[ObjectInfo],
+                  single: bool) -> None:
+    """Note in the cache dir what ``path`` is just now: one archive (``single``) or the listing
+    of a prefix. The next mount within the TTL starts from it."""
     if disk is None:
         return
-    data = json.dumps({**asdict(obj), "checked": time.time()}).encode()
+    doc = {"single": single, "objects": [asdict(o) for o in objects], "checked": time.time()}
+    data = json.dumps(doc, separators=(",", ":")).encode()
     try:
-        disk.write(_identity_file(location, path), [data], len(data))
+        disk.write(_view_file(location, path), [data], len(data))
     except OSError as exc:
-        log.debug("cannot remember the identity of %s: %s", path, exc)
+        log.debug("cannot remember what %s is: %s", path, exc)
 
 
-def remembered_identity(disk: DiskTier | None, location: str, path: str,
-                        ttl: float) -> tuple[ObjectInfo, float] | None:
-    """The identity of ``path`` seen by an earlier mount less than ``ttl`` seconds ago, and its age."""
-    name = _identity_file(location, path)
+def remembered_view(disk: DiskTier | None, location: str, path: str,
+                    ttl: float) -> tuple[list[ObjectInfo], bool, float] | None:
+    """What an earlier mount saw at ``path`` less than ``ttl`` seconds ago: its objects, whether
+    it is one archive, and the age of that view."""
+    name = _view_file(location, path)
     if disk is None or ttl <= 0 or not disk.touch(name):
         return None
     try:
         doc = json.loads(disk.path(name).read_bytes())
-        age = time.time() - float(doc.pop("checked"))
-        obj = ObjectInfo(**doc)
+        age = time.time() - float(doc["checked"])
+        objects = [ObjectInfo(**o) for o in doc["objects"]]
+        single = bool(doc["single"]) and len(objects) == 1
     except (OSError, ValueError, TypeError, KeyError):
         disk.remove(name)
         return None
-    return (obj, age) if 0 <= age < ttl else None
+    return (objects, single, age) if 0 <= age < ttl else None
 
 
 class ArchiveSlot:
@@ -170,7 +175,7 @@ class ArchiveSlot:
             return
         if obj is not None:
             self.replace(obj)
-            remember_identity(self.ns.cache.disk, self.ns.source.location, self.ns.path, obj)
+            remember_view(self.ns.cache.disk, self.ns.source.location, self.ns.path, [obj], True)
 
 
 class Namespace:
@@ -199,26 +204,28 @@ class Namespace:
     def check(self) -> None:
         """Connect and validate the source: raises a one-line error if it cannot be served.
 
-        A single archive whose identity an earlier mount confirmed less than ``ttl`` ago is
-        served from the persisted index without any request (revalidated once the TTL is up).
+        If an earlier mount saw this archive (or listed this prefix) less than ``ttl`` ago, that
+        view is served without any request: archives from their persisted indexes, revalidated
+        once the TTL is up.
         """
-        if self.path.endswith("/"):
-            self._relist(strict=True)
-            return
-        remembered = remembered_identity(self.cache.disk, self.source.location, self.path,
-                                         self.ttl)
-        if remembered is not None:
+        seen = remembered_view(self.cache.disk, self.source.location, self.path, self.ttl)
+        if seen is not None:
+            objects, single, age = seen
             try:
-                self._open_single(*remembered)
+                if single:
+                    self._open_single(objects[0], age)
+                else:
+                    self._apply_listing(objects, age)
                 return
             except ObjectChanged:  # replaced since, and its index is no longer cached
                 log.info("%s changed since it was last checked", self.path)
-        obj = self.source.stat(self.path)
-        if obj is None:
-            self._relist(strict=True)
-            return
-        remember_identity(self.cache.disk, self.source.location, self.path, obj)
-        self._open_single(obj, 0.0)
+        if not self.path.endswith("/"):
+            obj = self.source.stat(self.path)
+            if obj is not None:
+                remember_view(self.cache.disk, self.source.location, self.path, [obj], True)
+                self._open_single(obj, 0.0)
+                return
+        self._relist(strict=True)
 
     def _open_single(self, obj: ObjectInfo, age: float) -> None:
         self.single = True
@@ -234,12 +241,19 @@ class Namespace:
     def _relist(self, strict: bool = False) -> None:
         try:
             objects = self.source.list_objects(self.path)
+            if strict and not objects and not self.source.fs.exists(self.path):
+                raise ObjectNotFound(f"not found: {self.path}")
         except SourceError as exc:
             if strict:
                 raise
             log.warning("cannot relist %s, serving the last listing: %s", self.path, exc)
             self._listed = time.monotonic()
             return
+        remember_view(self.cache.disk, self.source.location, self.path, objects, False)
+        self._apply_listing(objects, 0.0)
+
+    def _apply_listing(self, objects: list[ObjectInfo], age: float) -> None:
+        """Show the archives among ``objects`` (a listing ``age`` seconds old)."""
         prefix = self.path.rstrip("/") + "/"
         slots: dict[str, ArchiveSlot] = {}
         dirs: dict[str, set[str]] = {"": set()}
@@ -259,11 +273,9 @@ class Namespace:
                 grand, _, base = parent.rpartition("/")
                 dirs.setdefault(grand, set()).add(base)
                 parent = grand
-        if strict and not objects and not self.source.fs.exists(self.path):
-            raise ObjectNotFound(f"not found: {self.path}")
         with self._lock:
             self._slots, self._dirs = slots, dirs
-            self._listed = time.monotonic()
+            self._listed = time.monotonic() - age
         log.info("listed %s: %d archives", self.path, len(slots))
 
     def expire_listing(self) -> None:
