@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -347,6 +347,17 @@ class Zipmount:
         return run(cmd, env=env if env is not None else self.env(), timeout=timeout,
                    cwd=self.new_dir("cwd-"))
 
+    def _mount_args(self, source: str | None, mp: Path, opts: Sequence[str | os.PathLike], *,
+                    foreground: bool, storage: bool, cache: bool) -> list[str]:
+        opts_s = [str(o) for o in opts]
+        args = ["mount", *([source, str(mp)] if source is not None else []),
+                *(["-f"] if foreground else []), *opts_s]
+        if storage:
+            args += self.storage_args()
+        if cache:
+            args += self._cache_args(opts_s)
+        return args
+
     # ----- foreground mounts -------------------------------------------------------------
     @contextlib.contextmanager
     def mounted(
@@ -364,13 +375,8 @@ class Zipmount:
         """`zipmount mount SOURCE MP -f OPTS` as a child process; yields once MP is mounted
         and answers; always unmounts, ends the daemon and checks nothing is left."""
         mp = mountpoint or self.mountpoint()
-        opts_s = [str(o) for o in opts]
-        positional = [source, str(mp)] if source is not None else []
-        args = [str(self.exe), "mount", *positional, "-f", *opts_s]
-        if storage:
-            args += self.storage_args()
-        if cache:
-            args += self._cache_args(opts_s)
+        args = [str(self.exe), *self._mount_args(source, mp, opts, foreground=True,
+                                                 storage=storage, cache=cache)]
         logdir = self.new_dir("log-")
         stderr_path = logdir / "stderr.txt"
         all_mps = [mp, *extra_mountpoints]
@@ -387,17 +393,8 @@ class Zipmount:
         except BaseException:
             cleanup(all_mps, markers, [proc])
             raise
-        body_ok = False
-        try:
+        with _left_clean(all_mps, markers, [proc], handle.stderr):
             yield handle
-            body_ok = True
-        finally:
-            problems = cleanup(all_mps, markers, [proc])
-            if problems and body_ok:
-                raise AssertionError(
-                    "teardown left things behind: " + "; ".join(problems)
-                    + f"\n--- daemon stderr ---\n{handle.stderr()[-3000:]}"
-                )
 
     # ----- background (daemon) mounts ------------------------------------------------------
     @contextlib.contextmanager
@@ -416,24 +413,25 @@ class Zipmount:
         """`zipmount mount SOURCE MP OPTS` (no -f): yields (result, MP) after the command
         returns, whatever its exit code; always cleans up MP and any daemon afterwards."""
         mp = mountpoint or self.mountpoint()
-        opts_s = [str(o) for o in opts]
-        positional = [source, str(mp)] if source is not None else []
-        args = ["mount", *positional, *opts_s]
-        if storage:
-            args += self.storage_args()
-        if cache:
-            args += self._cache_args(opts_s)
-        all_mps = [mp, *extra_mountpoints]
-        markers = [str(mp), *map(str, markers)]
-        body_ok = False
-        try:
-            res = self.run(*args, env=env, timeout=timeout)
-            yield res, mp
-            body_ok = True
-        finally:
-            problems = cleanup(all_mps, markers)
-            if problems and body_ok:
-                raise AssertionError("teardown left things behind: " + "; ".join(problems))
+        args = self._mount_args(source, mp, opts, foreground=False, storage=storage, cache=cache)
+        with _left_clean([mp, *extra_mountpoints], [str(mp), *map(str, markers)]):
+            yield self.run(*args, env=env, timeout=timeout), mp
+
+
+@contextlib.contextmanager
+def _left_clean(mountpoints: Sequence[Path], markers: Sequence[str],
+                procs: Sequence[subprocess.Popen] = (),
+                stderr: Callable[[], str] | None = None) -> Iterator[None]:
+    """Always clean up afterwards; if the body passed, fail on anything left behind."""
+    body_ok = False
+    try:
+        yield
+        body_ok = True
+    finally:
+        problems = cleanup(mountpoints, markers, procs)
+        if problems and body_ok:
+            tail = f"\n--- daemon stderr ---\n{stderr()[-3000:]}" if stderr else ""
+            raise AssertionError("teardown left things behind: " + "; ".join(problems) + tail)
 
 
 def wait_mounted(mountpoints: Sequence[Path], *, timeout: float, proc: subprocess.Popen | None,
