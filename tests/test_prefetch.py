@@ -18,8 +18,9 @@ SIZE = 1024 * MiB
 class Recorder:
     """Stands in for a CachedObject: keeps the ranges asked for."""
 
-    def __init__(self) -> None:
+    def __init__(self, readahead_max: int = READAHEAD_MAX) -> None:
         self.asked: list[tuple[int, int]] = []
+        self.readahead_max = readahead_max
 
     def prefetch(self, start: int, end: int) -> None:
         self.asked.append((start, end))
@@ -84,6 +85,13 @@ def test_after_a_jump_random_reads_close_the_window():
     # At most the first jump is followed; then the reads are seen to be random.
     followed = [r for r in rec.asked if r[0] >= 40 * CHUNK + READAHEAD_MAX]
     assert len(followed) <= 1, followed
+
+
+def test_the_window_stays_within_the_memory_cache_share():
+    rec = Recorder(readahead_max=2 * MiB)
+    p = Prefetcher(rec)  # type: ignore[arg-type]
+    _walk(p, 0, 500)
+    assert rec.asked and max(end - start for start, end in rec.asked) <= 2 * MiB + 4 * CHUNK
 
 
 def test_never_past_the_limit():

@@ -110,6 +110,12 @@ class CachedObject:
     def read(self, start: int, end: int) -> bytes:
         return self.cache.read(self.key, self.obj.size, start, end, self._fetch)
 
+    @property
+    def readahead_max(self) -> int:
+        """How far ahead a reader may be fetched: READAHEAD_MAX, or an eighth of the memory
+        cache if that is less (what is fetched ahead must not evict itself before it is read)."""
+        return max(READAHEAD_MIN, min(READAHEAD_MAX, self.cache.memory.capacity // 8))
+
     def prefetch(self, start: int, end: int) -> None:
         self.cache.prefetch(self.key, self.obj.size, start, end, self._fetch)
 
@@ -156,7 +162,7 @@ class Prefetcher:
 
     When the last few reads all fall in a small region and cover a fair part of it, the reader
     is walking that region: the region and a window beyond it are fetched, in parallel requests,
-    the window doubling (up to READAHEAD_MAX) each time the reader catches up with it. That
+    the window doubling (up to ``readahead_max``) each time the reader catches up with it. That
     covers a zarr client reading chunk after chunk of a stored archive — in archive order, or in
     the lexicographic order of a zip made from a directory (0.0, 0.1, 0.10, ...) — and ``cat``
     of a big member. A walker that jumps elsewhere is followed at once (zarr's next channel sits
@@ -213,8 +219,8 @@ class Prefetcher:
         if done_low <= low and done_high - high >= self._window // 2:
             return None
         # The reader caught up with what was fetched: look twice as far ahead as last time
-        # (the window grows with what is consumed, up to READAHEAD_MAX).
-        self._window = min(READAHEAD_MAX, self._window * 2)
+        # (the window grows with what is consumed, up to its maximum).
+        self._window = min(self.cached.readahead_max, self._window * 2)
         ahead_from = done_high if done_low <= low <= done_high else low
         ahead_to = min(limit, high + self._window)
         if ahead_from >= ahead_to:
