@@ -131,7 +131,7 @@ class DiskTier:
                 st = entry.stat()
                 entries.append((st.st_mtime, entry.name, st.st_size))
         for _, name, size in sorted(entries):
-            if not name.endswith((".run", ".index.json", ".ident.json", ".spill")):
+            if not name.endswith((".run", ".index.json", ".view.json", ".spill")):
                 os.unlink(self.path(name))  # not a file this version writes
                 continue
             self._sizes[name] = size

@@ -51,7 +51,7 @@ class Node:
 
 
 def _view_file(location: str, path: str) -> str:
-    return hashlib.sha256(f"{location}\0{path}".encode()).hexdigest()[:40] + ".ident.json"
+    return hashlib.sha256(f"{location}\0{path}".encode()).hexdigest()[:40] + ".view.json"
 
 
 def remember_view(disk: DiskTier | None, location: str, path: str, objects: list[ObjectInfo],
