@@ -21,6 +21,7 @@ import shutil
 import struct
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -170,6 +171,20 @@ def _members(path: Path) -> dict[str, dict[str, int]]:
         }
 
 
+def _ensure_tree_and_zip(tree: Path, zip_path: Path, write: Callable[[Path], None],
+                         method: int, log: Callable[[str], None]) -> None:
+    """Write ``tree`` (via a temporary directory) and zip it, unless both exist already."""
+    if zip_path.exists() and tree.exists():
+        return
+    log(f"generating {zip_path} ...")
+    shutil.rmtree(tree, ignore_errors=True)
+    tmp_dir = tree.with_name(tree.name + ".part")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    write(tmp_dir)
+    _zip_dir(tmp_dir, zip_path, method)
+    os.replace(tmp_dir, tree)
+
+
 def ensure_data(spec: DataSpec, base: Path, log=print) -> dict:
     """Create the data set if missing; return the manifest."""
     root = base / spec.name
@@ -189,24 +204,11 @@ def ensure_data(spec: DataSpec, base: Path, log=print) -> dict:
     t0 = time.monotonic()
     eeg_dir = local / "eeg.zarr"
     eeg_zip = bucket / "eeg.zip"
-    if not eeg_zip.exists() or not eeg_dir.exists():
-        log(f"generating {eeg_dir} ...")
-        shutil.rmtree(eeg_dir, ignore_errors=True)
-        tmp_dir = local / "eeg.zarr.part"
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        _write_zarr(spec, tmp_dir)
-        _zip_dir(tmp_dir, eeg_zip, zipfile.ZIP_STORED)
-        os.replace(tmp_dir, eeg_dir)
+    _ensure_tree_and_zip(eeg_dir, eeg_zip, lambda d: _write_zarr(spec, d), zipfile.ZIP_STORED, log)
     many_dir = local / "many"
     many_zip = bucket / "many.zip"
-    if not many_zip.exists() or not many_dir.exists():
-        log(f"generating {many_zip} ...")
-        shutil.rmtree(many_dir, ignore_errors=True)
-        tmp_dir = local / "many.part"
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        _write_many(spec, tmp_dir)
-        _zip_dir(tmp_dir, many_zip, zipfile.ZIP_DEFLATED)
-        os.replace(tmp_dir, many_dir)
+    _ensure_tree_and_zip(many_dir, many_zip, lambda d: _write_many(spec, d),
+                         zipfile.ZIP_DEFLATED, log)
     big_zip = bucket / "big.zip"
     if not big_zip.exists():
         log(f"generating {big_zip} ({spec.big_members} x {spec.big_member_mib} MiB) ...")

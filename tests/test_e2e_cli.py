@@ -228,13 +228,17 @@ def test_config_file_foreground(zm, samples):
 
 
 # ----- credential sources -------------------------------------------------------------------------
-def test_env_file_credentials_and_endpoint(zm, samples):
+def _env_file(zm, access_key: str, secret_key: str):
+    """A private .env file with these keys and the test endpoint."""
     env_file = zm.new_dir("envfile-") / "storage.env"
-    env_file.write_text(
-        f"STORAGE_ACCESS_KEY={zm.access_key}\nSTORAGE_SECRET_KEY={zm.secret_key}\n"
-        f"ENDPOINT_FULL={zm.endpoint_url}\n"
-    )
+    env_file.write_text(f"STORAGE_ACCESS_KEY={access_key}\nSTORAGE_SECRET_KEY={secret_key}\n"
+                        f"ENDPOINT_FULL={zm.endpoint_url}\n")
     env_file.chmod(0o600)
+    return env_file
+
+
+def test_env_file_credentials_and_endpoint(zm, samples):
+    env_file = _env_file(zm, zm.access_key, zm.secret_key)
     env = zm.env(access_key=None, secret_key=None)
     with zm.mounted("s3://data/single/stored.zip", "--env-file", env_file,
                     "--ca-bundle", zm.ca_bundle, env=env, storage=False) as h:
@@ -242,12 +246,7 @@ def test_env_file_credentials_and_endpoint(zm, samples):
 
 
 def test_env_file_with_wrong_keys_fails(zm):
-    env_file = zm.new_dir("envfile-") / "storage.env"
-    env_file.write_text(
-        f"STORAGE_ACCESS_KEY=AKIAWRONGWRONGWRONG0\nSTORAGE_SECRET_KEY=x\n"
-        f"ENDPOINT_FULL={zm.endpoint_url}\n"
-    )
-    env_file.chmod(0o600)
+    env_file = _env_file(zm, "AKIAWRONGWRONGWRONG0", "x")
     env = zm.env(access_key=None, secret_key=None)
     with zm.mounted_bg("s3://data/single/stored.zip", "--env-file", env_file,
                        "--ca-bundle", zm.ca_bundle, env=env, storage=False) as (res, mp):

@@ -35,6 +35,17 @@ def private_s3(tmp_path):
         yield server
 
 
+def _stored_zip_service(tmp_path, s3):
+    """Mountpoint, cache dir and config of a service mounting the sample stored.zip."""
+    require_fuse()
+    ep = Endpoint.of(s3)
+    mp, cache = fresh_dirs(tmp_path, "mp", "cache")
+    cfg = write_config(tmp_path / "service.yaml",
+                       storage=ep.storage(env_file=ep.env_file(tmp_path / "creds.env")),
+                       mounts=[("s3://data/single/stored.zip", mp)], cache_dir=cache)
+    return mp, cache, cfg
+
+
 def _cache_info(cache_dir) -> dict[str, float]:
     r = zipmount("cache", "info", "--cache-dir", cache_dir)
     assert r.rc == 0, r.describe()
@@ -92,12 +103,7 @@ def test_prefetched_files_read_after_the_endpoint_is_gone(tmp_path, private_s3):
 
 
 def test_disk_cache_serves_a_restarted_daemon_without_requests(tmp_path, s3, samples):
-    require_fuse()
-    ep = Endpoint.of(s3)
-    mp, cache = fresh_dirs(tmp_path, "mp", "cache")
-    cfg = write_config(tmp_path / "persist.yaml",
-                       storage=ep.storage(env_file=ep.env_file(tmp_path / "creds.env")),
-                       mounts=[("s3://data/single/stored.zip", mp)], cache_dir=cache)
+    mp, cache, cfg = _stored_zip_service(tmp_path, s3)
     with daemon(cfg, [mp]) as d:
         r = zipmount("prefetch", mp)
         assert r.rc == 0, r.describe()
@@ -121,12 +127,7 @@ def test_prefetch_of_a_missing_path(tmp_path):
 
 
 def test_cache_commands_refuse_while_a_daemon_holds_the_dir_then_work(tmp_path, s3):
-    require_fuse()
-    ep = Endpoint.of(s3)
-    mp, cache = fresh_dirs(tmp_path, "mp", "cache")
-    cfg = write_config(tmp_path / "cache.yaml",
-                       storage=ep.storage(env_file=ep.env_file(tmp_path / "creds.env")),
-                       mounts=[("s3://data/single/stored.zip", mp)], cache_dir=cache)
+    mp, cache, cfg = _stored_zip_service(tmp_path, s3)
     with daemon(cfg, [mp]) as d:
         r = zipmount("prefetch", mp)
         assert r.rc == 0, r.describe()
