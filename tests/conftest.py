@@ -248,3 +248,10 @@ def bucket_snapshot(s3: MotoS3Server):
     """Call to get {key: (size, etag)} of the whole bucket."""
     return lambda: s3.listing(BUCKET)
 
+
+@pytest.fixture
+def private_s3(tmp_path):
+    """A moto server of this test only (it gets stopped mid-test)."""
+    with moto_s3_server(tmp_path / "private-s3") as server:
+        server.create_bucket("svc")
+        yield server

@@ -10,7 +10,6 @@ import re
 import signal
 import time
 
-import pytest
 from service_kit import (
     Endpoint,
     clean_env,
@@ -24,15 +23,7 @@ from service_kit import (
     write_config,
     zipmount,
 )
-from support.s3server import moto_s3_server, stop_process_group
-
-
-@pytest.fixture
-def private_s3(tmp_path):
-    """A moto server of this test only (it gets stopped mid-test)."""
-    with moto_s3_server(tmp_path / "private-s3") as server:
-        server.create_bucket("svc")
-        yield server
+from support.s3server import stop_process_group
 
 
 def _stored_zip_service(tmp_path, s3):

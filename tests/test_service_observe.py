@@ -30,7 +30,7 @@ from service_kit import (
     zipmount,
 )
 from support.mount import cleanup, is_mounted, run
-from support.s3server import free_port, moto_s3_server, stop_process_group
+from support.s3server import free_port, stop_process_group
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 
@@ -133,14 +133,6 @@ def test_log_never_shows_secrets(tmp_path, s3, samples):
         assert ep.secret_key not in out
         assert wrong not in out
     assert_nothing_left(cfg, [mp1, mp2])
-
-
-@pytest.fixture
-def private_s3(tmp_path):
-    """A moto server of this test only (it gets stopped mid-test)."""
-    with moto_s3_server(tmp_path / "private-s3") as server:
-        server.create_bucket("svc")
-        yield server
 
 
 def test_remote_error_is_logged_with_key_and_errno(tmp_path, private_s3):
