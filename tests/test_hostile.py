@@ -409,20 +409,15 @@ def _file_info(flags: int):
 def test_read_only_at_every_daemon_entry_point(tmp_path):
     """The operations object refuses writes itself (a kernel without the ro flag, or a future
     fusepy, must not reach a write path): every write-like operation answers EROFS."""
-    from zipmount.cache import BlockCache
+    from zipmount.config import CacheConfig
+    from zipmount.engine import Engine
     from zipmount.fuseops import ZipOperations
-    from zipmount.namespace import Namespace
-    from zipmount.source import Source, StorageOptions
-    from zipmount.stats import Stats
+    from zipmount.source import StorageOptions
 
     path = tmp_path / "a.zip"
     path.write_bytes(ARCHIVES["good.zip"])
-    stats = Stats()
-    source, inner = Source.for_url(str(path), StorageOptions(), stats)
-    cache = BlockCache(8 << 20, None, stats)
-    ns = Namespace(source, inner, cache, stats)
-    ns.check()
-    ops = ZipOperations(ns, stats)
+    engine = Engine(StorageOptions(), CacheConfig(memory=8 << 20))
+    ops = ZipOperations(engine.open_tree(str(path)), engine.stats)
     calls = {
         "chmod": ("/hello.txt", 0o777), "chown": ("/hello.txt", 1, 1),
         "create": ("/new", 0o644), "link": ("/hard", "/hello.txt"), "mkdir": ("/d", 0o755),
@@ -449,7 +444,7 @@ def test_read_only_at_every_daemon_entry_point(tmp_path):
     assert ops.read("/hello.txt", 100, 0, fi) == GOOD["hello.txt"]
     ops.release("/hello.txt", fi)
     assert path.read_bytes() == ARCHIVES["good.zip"]
-    cache.close()
+    engine.close()
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from .config import (
     parse_umask,
 )
 from .errors import UsageError, ZipmountError
-from .fuseops import STATS_XATTR
+from .stats import STATS_XATTR
 
 log = logging.getLogger("zipmount")
 
@@ -283,34 +283,33 @@ def _daemon_pid(mountpoint: str) -> int | None:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from .cache import BlockCache
-    from .namespace import Namespace
-    from .source import Source
-    from .stats import Stats
+    from .engine import Engine
 
     cfg = config_from_args(args)
     setup_logging(cfg.log_level if args.log_level else "WARNING", None)
-    stats = Stats()
-    cache = BlockCache(cfg.cache.memory, None, stats)
-    source, path = Source.for_url(args.source, cfg.storage, stats)
-    ns = Namespace(source, path, cache, stats, suffixes=tuple(args.suffixes or ()) or
-                   MountConfig.__dataclass_fields__["suffixes"].default, root=args.root)
-    ns.check()
-    todo = [args.path.strip("/")]
-    while todo:
-        directory = todo.pop(0)
-        node = ns.getattr(directory)
-        names = [n for n, _ in ns.listdir(directory)] if node.kind == "dir" else [None]
-        for name in names:
-            rel = directory if name is None else f"{directory}/{name}".strip("/")
-            n = ns.getattr(rel)
-            kind = {"dir": "d", "file": "-", "link": "l"}[n.kind]
-            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(n.mtime_ns / 1e9))
-            method = METHODS.get(n.method, str(n.method)) if n.method is not None else ""
-            print(f"{kind} {n.size:>12} {when} {method:<8} {rel}{'/' if n.kind == 'dir' else ''}")
-            if args.recursive and n.kind == "dir":
-                todo.append(rel)
-    cache.close()
+    cfg.cache.dir = None  # listing reads only the central directory: no disk cache needed
+    engine = Engine(cfg.storage, cfg.cache)
+    try:
+        tree = engine.open_tree(args.source, suffixes=tuple(args.suffixes or ()) or
+                                MountConfig.__dataclass_fields__["suffixes"].default,
+                                root=args.root)
+        todo = [args.path.strip("/")]
+        while todo:
+            directory = todo.pop(0)
+            node = tree.stat(directory)
+            names = [n for n, _ in tree.listdir(directory)] if node.kind == "dir" else [None]
+            for name in names:
+                rel = directory if name is None else f"{directory}/{name}".strip("/")
+                n = tree.stat(rel)
+                kind = {"dir": "d", "file": "-", "link": "l"}[n.kind]
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(n.mtime_ns / 1e9))
+                method = METHODS.get(n.method, str(n.method)) if n.method is not None else ""
+                print(f"{kind} {n.size:>12} {when} {method:<8} {rel}"
+                      f"{'/' if n.kind == 'dir' else ''}")
+                if args.recursive and n.kind == "dir":
+                    todo.append(rel)
+    finally:
+        engine.close()
     return 0
 
 

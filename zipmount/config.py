@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .namespace import DEFAULT_SUFFIXES
 from .source import StorageOptions
+from .tree import DEFAULT_SUFFIXES
 
 log = logging.getLogger(__name__)
 

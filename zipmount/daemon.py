@@ -20,17 +20,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from fuse import FUSE
 
-from .cache import BlockCache, DiskTier
 from .config import Config, MountConfig
+from .engine import Engine
 from .errors import UsageError, ZipmountError
 from .fuseops import ZipOperations
-from .namespace import Namespace
-from .source import Source
-from .stats import Stats
+from .tree import Tree
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +98,7 @@ def check_mountpoint(mountpoint: str) -> None:
 @dataclass
 class MountedTree:
     config: MountConfig
-    namespace: Namespace
+    tree: Tree
     thread: threading.Thread | None = None
     error: BaseException | None = None
 
@@ -111,36 +108,11 @@ class Daemon:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.stats = Stats()
-        self.cache = self._make_cache()
+        self.engine = Engine(config.storage, config.cache)
+        self.stats = self.engine.stats
         self.trees: list[MountedTree] = []
         self._stop = threading.Event()
-        self.stats.providers.append(self._gauges)
-
-    def _make_cache(self) -> BlockCache:
-        cfg = self.config.cache
-        disk = None
-        if cfg.dir:
-            try:
-                Path(cfg.dir).mkdir(parents=True, exist_ok=True)
-                disk = DiskTier(Path(cfg.dir), cfg.size)
-            except BlockingIOError:
-                log.warning("cache dir %s is used by another zipmount daemon: "
-                            "this one keeps a memory-only cache", cfg.dir)
-            except OSError as exc:
-                raise ZipmountError(f"cannot use cache dir {cfg.dir}: {exc.strerror}") from None
-        return BlockCache(cfg.memory, disk, self.stats)
-
-    def _gauges(self) -> dict[str, float]:
-        disk = self.cache.disk
-        return {
-            "memory_cache_bytes": self.cache.memory.used,
-            "memory_cache_capacity": self.cache.memory.capacity,
-            "disk_cache_bytes": disk.used if disk else 0,
-            "disk_cache_capacity": disk.capacity if disk else 0,
-            "open_archives": sum(t.namespace.open_archives() for t in self.trees),
-            "mounts": len(self.trees),
-        }
+        self.stats.providers.append(lambda: {"mounts": len(self.trees)})
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -148,11 +120,8 @@ class Daemon:
         """Connect every source and check every mountpoint; nothing is mounted yet."""
         for mount in self.config.mounts:
             check_mountpoint(mount.mountpoint)
-            source, path = Source.for_url(mount.source, self.config.storage, self.stats)
-            ns = Namespace(source, path, self.cache, self.stats, suffixes=mount.suffixes,
-                           root=mount.root, ttl=self.config.cache.ttl)
-            ns.check()
-            self.trees.append(MountedTree(mount, ns))
+            tree = self.engine.open_tree(mount.source, suffixes=mount.suffixes, root=mount.root)
+            self.trees.append(MountedTree(mount, tree))
 
     def mount_all(self) -> None:
         """Start one FUSE session per tree and wait until each answers."""
@@ -173,7 +142,7 @@ class Daemon:
 
     def _serve(self, tree: MountedTree) -> None:
         opts = tree.config.options
-        ops = ZipOperations(tree.namespace, self.stats, uid=opts.uid, gid=opts.gid,
+        ops = ZipOperations(tree.tree, self.stats, uid=opts.uid, gid=opts.gid,
                             umask=opts.umask)
         ttl = self.config.cache.ttl
         kwargs: dict[str, object] = {
@@ -219,7 +188,7 @@ class Daemon:
         return 0
 
     def status(self) -> str:
-        g = self._gauges()
+        g = self.engine.gauges()
         return (f"{len(self.trees)} mount(s), {g['open_archives']} archive(s) open, cache "
                 f"{g['memory_cache_bytes'] / 2**20:.0f} MiB memory, "
                 f"{g['disk_cache_bytes'] / 2**20:.0f} MiB disk")
@@ -234,7 +203,7 @@ class Daemon:
         for tree in self.trees:
             if tree.thread is not None:
                 tree.thread.join(timeout=10)
-        self.cache.close()
+        self.engine.close()
 
 
 def _answers(mountpoint: str) -> bool:

@@ -1,4 +1,5 @@
-"""FUSE layer: a thin fusepy ``Operations`` over a :class:`Namespace` — translation to errno only."""
+"""FUSE front-end: a thin fusepy ``Operations`` over a :class:`~zipmount.tree.Tree` — translation to
+errno and the kernel-cache policy only."""
 
 from __future__ import annotations
 
@@ -20,12 +21,11 @@ from fuse import FuseOSError, Operations
 
 from .archive import MemberReader
 from .errors import ZipmountError
-from .namespace import Namespace
-from .stats import Stats
+from .stats import STATS_XATTR, Stats
+from .tree import Tree
 
 log = logging.getLogger(__name__)
 
-STATS_XATTR = "user.zipmount.stats"
 _KIND_BITS = {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "link": stat.S_IFLNK}
 
 
@@ -87,9 +87,9 @@ class ZipOperations(Operations):
         _keep_thread_state()
         return getattr(self, op)(*args)
 
-    def __init__(self, namespace: Namespace, stats: Stats, *, uid: int | None = None,
+    def __init__(self, tree: Tree, stats: Stats, *, uid: int | None = None,
                  gid: int | None = None, umask: int | None = None) -> None:
-        self.ns = namespace
+        self.tree = tree
         self.stats = stats
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
@@ -109,7 +109,7 @@ class ZipOperations(Operations):
 
     @_translated
     def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
-        node = self.ns.getattr(path)
+        node = self.tree.stat(path)
         if node.version:
             self._attr_version[path] = node.version
         return {
@@ -128,15 +128,15 @@ class ZipOperations(Operations):
     def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
         dot = {"st_mode": stat.S_IFDIR}
         return [(".", dot, 0), ("..", dot, 0),
-                *((name, {"st_mode": _KIND_BITS[kind]}, 0) for name, kind in self.ns.listdir(path))]
+                *((name, {"st_mode": _KIND_BITS[kind]}, 0) for name, kind in self.tree.listdir(path))]
 
     @_translated
     def readlink(self, path: str) -> str:
-        return self.ns.readlink(path)
+        return self.tree.readlink(path)
 
     @_translated
     def access(self, path: str, amode: int) -> int:
-        self.ns.getattr(path)
+        self.tree.stat(path)
         if amode & os.W_OK:
             raise FuseOSError(errno.EROFS)
         return 0
@@ -158,7 +158,7 @@ class ZipOperations(Operations):
         """
         if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
             raise FuseOSError(errno.EROFS)
-        reader = self.ns.open(path)
+        reader = self.tree.open(path)
         version = reader.version
         with self._lock:
             others = self._open_versions.setdefault(path, Counter())
@@ -213,7 +213,7 @@ class ZipOperations(Operations):
 
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         if path == "/" and name == STATS_XATTR:
-            self.stats.set_gauge("open_archives", self.ns.open_archives())
+            self.stats.set_gauge("open_archives", self.tree.open_archives())
             self.stats.set_gauge("open_files", len(self._handles))
             return json.dumps({"pid": os.getpid(), **self.stats.snapshot()}).encode()
         raise FuseOSError(errno.ENODATA)

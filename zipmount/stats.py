@@ -8,6 +8,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+# The extended attribute of a mount's root that ``zipmount stats`` reads.
+STATS_XATTR = "user.zipmount.stats"
+
 COUNTERS = (
     "requests",  # range GETs sent to the store
     "bytes_fetched",

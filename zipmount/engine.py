@@ -1,0 +1,78 @@
+"""The engine: the one place that wires source → cache → archive → tree, from a config.
+
+Both front-ends — the FUSE daemon and the fsspec filesystem — get their trees here and never
+build layers themselves. Importing the engine needs neither libfuse nor (until the first
+request) fsspec/s3fs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .cache import BlockCache, DiskTier
+from .config import CacheConfig
+from .errors import ZipmountError
+from .source import Source, StorageOptions
+from .stats import Stats
+from .tree import DEFAULT_SUFFIXES, Reach, Tree, open_tree
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    """One block cache (memory + disk) and the trees served over it."""
+
+    def __init__(self, storage: StorageOptions, cache: CacheConfig,
+                 stats: Stats | None = None) -> None:
+        self.storage = storage
+        self.settings = cache
+        self.stats = stats or Stats()
+        self.cache = BlockCache(cache.memory, self._open_disk(cache), self.stats)
+        self.trees: list[Tree] = []
+        self.stats.providers.append(self.gauges)
+
+    @staticmethod
+    def _open_disk(cfg: CacheConfig) -> DiskTier | None:
+        if not cfg.dir:
+            return None
+        try:
+            Path(cfg.dir).mkdir(parents=True, exist_ok=True)
+            return DiskTier(Path(cfg.dir), cfg.size)
+        except BlockingIOError:
+            log.warning("cache dir %s is used by another zipmount daemon: "
+                        "this one keeps a memory-only cache", cfg.dir)
+            return None
+        except OSError as exc:
+            raise ZipmountError(f"cannot use cache dir {cfg.dir}: {exc.strerror}") from None
+
+    def source(self, url: str) -> tuple[Source, str]:
+        """The source for ``url`` and the path inside it."""
+        return Source.for_url(url, self.storage, self.stats)
+
+    def open_tree(self, url: str, *, suffixes: tuple[str, ...] = DEFAULT_SUFFIXES,
+                  root: str | None = None) -> Tree:
+        """The tree of ``url`` (one archive, or a prefix of archives), checked now."""
+        source, path = self.source(url)
+        return self.tree_for(source, path, suffixes=suffixes, root=root)
+
+    def tree_for(self, source: Source, path: str, *, suffixes: tuple[str, ...] = DEFAULT_SUFFIXES,
+                 root: str | None = None) -> Tree:
+        """The tree of ``path`` in ``source``, checked now."""
+        tree = open_tree(Reach(source, self.cache, self.stats), path, suffixes=suffixes,
+                         root=root, ttl=self.settings.ttl)
+        self.trees.append(tree)
+        return tree
+
+    def gauges(self) -> dict[str, float]:
+        disk = self.cache.disk
+        return {
+            "memory_cache_bytes": self.cache.memory.used,
+            "memory_cache_capacity": self.cache.memory.capacity,
+            "disk_cache_bytes": disk.used if disk else 0,
+            "disk_cache_capacity": disk.capacity if disk else 0,
+            "open_archives": sum(t.open_archives() for t in self.trees),
+        }
+
+    def close(self) -> None:
+        self.cache.close()

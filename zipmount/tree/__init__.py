@@ -1,0 +1,55 @@
+"""Tree layer: what a mount (or the fsspec filesystem) shows — one archive, or a prefix of them."""
+
+from __future__ import annotations
+
+import logging
+
+from ..errors import ObjectChanged
+from ..source import ObjectInfo
+from .archive_tree import ArchiveSlot, ArchiveTree, Reach
+from .base import DEFAULT_SUFFIXES, Node, Tree
+from .prefix import PrefixTree
+from .views import remember_view, remembered_view
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_SUFFIXES", "ArchiveTree", "Node", "PrefixTree", "Reach", "Tree", "open_tree"]
+
+
+def open_tree(reach: Reach, path: str, *, suffixes: tuple[str, ...] = DEFAULT_SUFFIXES,
+              root: str | None = None, ttl: float = 60.0) -> ArchiveTree | PrefixTree:
+    """The tree for ``path``: one archive if it names an object, else the prefix's archives.
+
+    Raises a one-line error if it cannot be served. If an earlier mount saw this path less than
+    ``ttl`` ago (remembered in the cache dir), that view is served without any request, archives
+    from their persisted indexes, and revalidated once the TTL is up.
+    """
+    root = (root or "").strip("/")
+    disk, location = reach.cache.disk, reach.source.location
+    seen = remembered_view(disk, location, path, ttl)
+    if seen is not None:
+        objects, single, age = seen
+        try:
+            if single:
+                return _archive_tree(reach, path, objects[0], age, root, ttl)
+            tree = PrefixTree(reach, path, suffixes=suffixes, root=root, ttl=ttl)
+            tree.apply_listing(objects, age)
+            return tree
+        except ObjectChanged:  # replaced since, and its index is no longer cached
+            log.info("%s changed since it was last checked", path)
+    if not path.endswith("/"):
+        obj = reach.source.stat(path)
+        if obj is not None:
+            remember_view(disk, location, path, [obj], True)
+            return _archive_tree(reach, path, obj, 0.0, root, ttl)
+    tree = PrefixTree(reach, path, suffixes=suffixes, root=root, ttl=ttl)
+    tree.relist(strict=True)
+    return tree
+
+
+def _archive_tree(reach: Reach, path: str, obj: ObjectInfo, age: float, root: str,
+                  ttl: float) -> ArchiveTree:
+    slot = ArchiveSlot(reach, obj, age=age, revalidate_after=ttl, remember_as=path)
+    tree = ArchiveTree(slot, root, gone_is_missing=True)
+    tree.check_root()
+    return tree

@@ -1,0 +1,243 @@
+"""One archive as a tree: the slot that opens (and revalidates) it, and lookups inside it."""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..archive import Archive, CachedObject, Entry, MemberReader
+from ..cache import BlockCache
+from ..errors import (
+    ArchiveError,
+    IsADirectory,
+    NotADirectory,
+    NotASymlink,
+    NotFound,
+    ObjectNotFound,
+    SourceError,
+    ZipmountError,
+)
+from ..source import ObjectInfo, Source
+from ..stats import Stats
+from .base import Node
+from .views import remember_view
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Reach:
+    """What an archive is read through: the source, the shared block cache, the counters."""
+
+    source: Source
+    cache: BlockCache
+    stats: Stats
+
+
+class ArchiveSlot:
+    """One archive version: opened on first use; an archive that cannot be read is remembered
+    as broken (one log line) and never affects its siblings.
+
+    ``revalidate_after``: seconds after which the slot checks its own identity in the background
+    (a single-archive mount); ``None`` when an owner's listing does it (a prefix mount), which
+    ``on_changed`` tells when the server no longer has the version being served.
+    """
+
+    def __init__(self, reach: Reach, obj: ObjectInfo, *, age: float = 0.0,
+                 revalidate_after: float | None = None, remember_as: str | None = None,
+                 on_changed: Callable[[], None] | None = None) -> None:
+        self.reach = reach
+        self.obj = obj
+        self.revalidate_after = revalidate_after
+        self.remember_as = remember_as  # the mount path whose view a revalidation updates
+        self.on_changed = on_changed
+        self._archive: Archive | None = None
+        self._broken: ZipmountError | None = None
+        self._checked = time.monotonic() - age  # when the identity was last confirmed
+        self._revalidating = False
+        self._lock = threading.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        return self._archive is not None
+
+    @property
+    def deleted(self) -> bool:
+        """The last revalidation found the object gone."""
+        return isinstance(self._broken, ObjectNotFound)
+
+    def node(self) -> Node:
+        return Node("dir", 0, int(self.obj.mtime * 1e9), 0o555, nlink=2)
+
+    def replace(self, obj: ObjectInfo) -> None:
+        """Switch to a new identity seen in a listing or a check (drops the old index)."""
+        with self._lock:
+            if obj.etag != self.obj.etag or obj.size != self.obj.size:
+                log.info("archive %s changed on the server (ETag %s -> %s)", obj.path,
+                         self.obj.etag, obj.etag)
+                self.obj, self._archive, self._broken = obj, None, None
+            elif self.deleted:  # deleted, now back
+                self._broken = None
+            self._checked = time.monotonic()
+
+    def _expire(self) -> None:
+        """The server no longer has the version served: revalidate on the next access."""
+        if self.on_changed is not None:
+            self.on_changed()
+        else:
+            self._checked = float("-inf")
+
+    def archive(self, strict: bool = False) -> Archive | None:
+        """The open archive, or None if it is broken (``strict``: raise instead)."""
+        with self._lock:
+            if (self.revalidate_after is not None and not self._revalidating
+                    and time.monotonic() - self._checked > self.revalidate_after):
+                # Revalidate in the background, one check at a time: readers keep the current
+                # view meanwhile, so a slow or dead endpoint never stalls lookups.
+                self._revalidating = True
+                threading.Thread(target=self._revalidate, daemon=True,
+                                 name="zipmount-revalidate").start()
+            if self._archive is None and (self._broken is None or strict):
+                self._open(strict)
+            return self._archive
+
+    def _open(self, strict: bool) -> None:
+        reach = self.reach
+        try:
+            cached = CachedObject(reach.source, self.obj, reach.cache, self._expire)
+            self._archive = Archive.open(cached, reach.cache.disk)
+            self._broken = None
+            reach.stats.add("archives_opened")
+            log.info("opened archive %s (%d entries, ETag %s)", self.obj.path,
+                     len(self._archive.entries), self.obj.etag)
+        except ZipmountError as exc:
+            if strict:
+                raise
+            if isinstance(exc, SourceError) and not isinstance(exc, ObjectNotFound):
+                # The store failed, not the archive: fail this call, retry on the next.
+                log.warning("cannot open archive %s now: %s", self.obj.path, exc)
+                raise
+            self._broken = exc
+            log.error("cannot open archive %s: %s", self.obj.path, exc)
+
+    def _revalidate(self) -> None:
+        try:
+            obj = self.reach.source.stat(self.obj.path)
+        except ObjectNotFound:
+            log.warning("archive %s was deleted on the server", self.obj.path)
+            with self._lock:
+                self._archive, self._broken = None, ObjectNotFound(f"{self.obj.path}: deleted")
+            return
+        except SourceError as exc:
+            log.warning("cannot revalidate %s, serving the last good version: %s",
+                        self.obj.path, exc)
+            return
+        finally:
+            with self._lock:
+                self._checked = time.monotonic()
+                self._revalidating = False
+        if obj is not None:
+            self.replace(obj)
+            if self.remember_as is not None:
+                remember_view(self.reach.cache.disk, self.reach.source.location,
+                              self.remember_as, [obj], True)
+
+
+class ArchiveTree:
+    """The tree inside one archive (from its ``root`` subdirectory).
+
+    ``gone_is_missing``: once the archive is deleted on the server its root is ENOENT (a
+    single-archive mount); otherwise an unreadable archive is an empty directory.
+    """
+
+    def __init__(self, slot: ArchiveSlot, root: str = "", gone_is_missing: bool = False) -> None:
+        self.slot = slot
+        self.root = root.strip("/")
+        self.gone_is_missing = gone_is_missing
+
+    def _archive(self) -> Archive | None:
+        archive = self.slot.archive()
+        if self.gone_is_missing and self.slot.deleted and archive is None:
+            raise NotFound(self.slot.obj.path)
+        return archive
+
+    def _name(self, path: str) -> str:
+        inner = path.strip("/")
+        return posixpath.join(self.root, inner).strip("/") if self.root else inner
+
+    def _entry(self, archive: Archive, name: str) -> Entry | None:
+        """The entry called ``name``; None for the tree's root."""
+        if name == self.root:
+            return None
+        entry = archive.entries.get(name)
+        if entry is None:
+            raise NotFound(name)
+        return entry
+
+    def stat(self, path: str) -> Node:
+        inner = path.strip("/")
+        try:
+            archive = self._archive()
+        except SourceError:
+            if inner:
+                raise
+            archive = None  # the store is unreachable now; the archive is still a directory
+        if archive is None:
+            if inner:
+                raise NotFound(path)
+            return self.slot.node()
+        entry = self._entry(archive, self._name(inner))
+        if entry is None:
+            node = self.slot.node()
+            return Node("dir", 0, node.mtime_ns, 0o555, nlink=2 + archive.subdirs.get(self.root, 0))
+        if entry.kind == "dir":
+            return Node("dir", 0, entry.mtime_ns, entry.mode, nlink=2 + archive.subdirs[entry.name])
+        # The CRC in the sub-second part of mtime lets the kernel drop cached pages of a member
+        # whose content changed even when its size and DOS timestamp did not.
+        return Node(entry.kind, entry.size, entry.mtime_ns + entry.crc % 10**9, entry.mode,
+                    entry.method, version=archive.member_version(entry))
+
+    def listdir(self, path: str) -> list[tuple[str, str]]:
+        archive = self._archive()
+        if archive is None:
+            if path.strip("/"):
+                raise NotFound(path)
+            return []
+        name = self._name(path)
+        names = archive.children.get(name)
+        if names is None:
+            raise NotADirectory(path) if name in archive.entries else NotFound(path)
+        prefix = f"{name}/" if name else ""
+        return [(n, archive.entries[prefix + n].kind) for n in names]
+
+    def _file(self, path: str) -> tuple[Archive, Entry]:
+        archive = self._archive()
+        if archive is None:
+            raise NotFound(path) if path.strip("/") else IsADirectory(path)
+        entry = self._entry(archive, self._name(path))
+        if entry is None or entry.kind == "dir":
+            raise IsADirectory(path)
+        return archive, entry
+
+    def open(self, path: str) -> MemberReader:
+        archive, entry = self._file(path)
+        return archive.reader(entry)
+
+    def readlink(self, path: str) -> str:
+        archive, entry = self._file(path)
+        if entry.kind != "link":
+            raise NotASymlink(f"{path}: not a symlink")
+        return archive.readlink(entry)
+
+    def open_archives(self) -> int:
+        return int(self.slot.is_open)
+
+    def check_root(self) -> None:
+        """Open the archive now (errors raised) and check that ``root`` is a directory in it."""
+        archive = self.slot.archive(strict=True)
+        if archive is not None and self.root and self.root not in archive.children:
+            raise ArchiveError(f"--root {self.root!r} is not a directory in {self.slot.obj.path}")

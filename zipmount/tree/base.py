@@ -1,0 +1,45 @@
+"""The tree interface both front-ends (FUSE, fsspec) are thin adapters over."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..archive import MemberReader
+
+DEFAULT_SUFFIXES = (".zip", ".rkns")
+
+
+@dataclass(frozen=True)
+class Node:
+    """What ``stat`` needs to know of one path."""
+
+    kind: str  # "dir", "file" or "link"
+    size: int
+    mtime_ns: int
+    mode: int
+    method: int | None = None  # zip compression method of a member
+    nlink: int = 1  # directories: 2 + subdirectories
+    version: str = ""  # files: which archive version and member the attributes describe
+
+
+class Tree(Protocol):
+    """A read-only directory tree; paths are ``/``-separated, relative or with a leading ``/``.
+
+    Errors are :mod:`zipmount.errors` exceptions, each carrying its errno.
+    """
+
+    def stat(self, path: str) -> Node:
+        """The node at ``path``."""
+
+    def listdir(self, path: str) -> list[tuple[str, str]]:
+        """(name, kind) of each child of the directory ``path``, sorted by name."""
+
+    def open(self, path: str) -> MemberReader:
+        """A reader of the file at ``path``; close it when done."""
+
+    def readlink(self, path: str) -> str:
+        """The target of the symlink at ``path``."""
+
+    def open_archives(self) -> int:
+        """How many archives have their index loaded now."""
