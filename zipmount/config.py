@@ -54,6 +54,7 @@ class CacheConfig:
     dir: str | None = None  # None: no disk tier
     size: int = 10 * 2**30
     ttl: float = 60.0
+    index_memory: int = 64 * 2**20  # loaded archive indexes (see zipmount/tree/indexes.py)
 
 
 @dataclass
@@ -78,7 +79,7 @@ _STORAGE_KEYS = {"endpoint_url": str, "region": str, "ca_bundle": str, "verify_t
                  "profile": str, "env_file": str, "access_key": str, "secret_key": str,
                  "anonymous": bool, "timeout": (int, float), "retries": int}
 _CACHE_KEYS = {"memory": (int, str), "dir": str, "size": (int, str), "ttl": (int, float),
-               "enabled": bool}
+               "enabled": bool, "index_memory": (int, str)}
 _LOGGING_KEYS = {"level": str, "file": str}
 _METRICS_KEYS = {"listen": str}
 _MOUNT_KEYS = {"source": str, "mountpoint": str, "suffixes": list, "root": str, "options": dict}
@@ -148,6 +149,8 @@ def load_config(path: str) -> Config:
         cfg.cache.size = parse_size(cache["size"], f"{where}: cache.size")
     if "ttl" in cache:
         cfg.cache.ttl = float(cache["ttl"])
+    if "index_memory" in cache:
+        cfg.cache.index_memory = parse_size(cache["index_memory"], f"{where}: cache.index_memory")
     cfg.cache.dir = None if cache.get("enabled") is False else cache.get("dir") or default_cache_dir()
     logging_ = _section(doc, "logging", _LOGGING_KEYS, where)
     cfg.log_level = (logging_.get("level") or "INFO").upper()

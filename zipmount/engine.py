@@ -8,7 +8,10 @@ request) fsspec/s3fs.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .cache import BlockCache, DiskTier
 from .config import CacheConfig
@@ -16,6 +19,10 @@ from .errors import ZipmountError
 from .source import Source, StorageOptions
 from .stats import Stats
 from .tree import DEFAULT_SUFFIXES, Reach, Tree, open_tree
+from .tree.indexes import IndexLRU
+
+if TYPE_CHECKING:
+    import fsspec
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +30,34 @@ log = logging.getLogger(__name__)
 class Engine:
     """One block cache (memory + disk) and the trees served over it."""
 
+    _shared: dict[str | None, Engine] = {}
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, cache: CacheConfig) -> Engine:
+        """The process-wide engine of ``cache.dir``: every in-process filesystem using that
+        cache directory (or none) shares one memory cap and one disk tier.
+
+        The first caller's sizes win; a later caller asking for others is told so in the log.
+        """
+        key = os.path.realpath(cache.dir) if cache.dir else None
+        with cls._shared_lock:
+            engine = cls._shared.get(key)
+            if engine is None:
+                engine = cls._shared[key] = cls(StorageOptions(), cache)
+            elif (engine.settings.memory, engine.settings.size) != (cache.memory, cache.size):
+                log.info("cache %s is already open in this process with memory=%d, size=%d: "
+                         "using those", key or "(memory only)", engine.settings.memory,
+                         engine.settings.size)
+            return engine
+
     def __init__(self, storage: StorageOptions, cache: CacheConfig,
                  stats: Stats | None = None) -> None:
         self.storage = storage
         self.settings = cache
         self.stats = stats or Stats()
         self.cache = BlockCache(cache.memory, self._open_disk(cache), self.stats)
+        self.indexes = IndexLRU(cache.index_memory)
         self.trees: list[Tree] = []
         self.stats.providers.append(self.gauges)
 
@@ -57,12 +86,21 @@ class Engine:
         return self.tree_for(source, path, suffixes=suffixes, root=root)
 
     def tree_for(self, source: Source, path: str, *, suffixes: tuple[str, ...] = DEFAULT_SUFFIXES,
-                 root: str | None = None) -> Tree:
-        """The tree of ``path`` in ``source``, checked now."""
-        tree = open_tree(Reach(source, self.cache, self.stats), path, suffixes=suffixes,
-                         root=root, ttl=self.settings.ttl)
+                 root: str | None = None, ttl: float | None = None) -> Tree:
+        """The tree of ``path`` in ``source``, checked now (``ttl``: default the config's)."""
+        tree = open_tree(Reach(source, self.cache, self.stats, self.indexes), path, suffixes=suffixes,
+                         root=root, ttl=self.settings.ttl if ttl is None else ttl)
         self.trees.append(tree)
         return tree
+
+    def filesystem_tree(self, fs: fsspec.AbstractFileSystem, path: str, *, timeout: float,
+                        known: dict[str, Any] | None = None,
+                        suffixes: tuple[str, ...] = DEFAULT_SUFFIXES, root: str | None = None,
+                        ttl: float | None = None) -> Tree:
+        """The tree of ``path`` in an fsspec filesystem built by the caller (the fsspec
+        front-end); ``known``: that object's fsspec details, if the caller has them."""
+        source = Source.for_filesystem(fs, StorageOptions(timeout=timeout), self.stats, known)
+        return self.tree_for(source, path, suffixes=suffixes, root=root, ttl=ttl)
 
     def gauges(self) -> dict[str, float]:
         disk = self.cache.disk
@@ -72,6 +110,7 @@ class Engine:
             "disk_cache_bytes": disk.used if disk else 0,
             "disk_cache_capacity": disk.capacity if disk else 0,
             "open_archives": sum(t.open_archives() for t in self.trees),
+            "index_memory_bytes": self.indexes.used,
         }
 
     def close(self) -> None:

@@ -29,7 +29,8 @@ def mount_helper(argv: list[str] | None = None) -> int:
         if key in ("allow_other", "uid", "gid", "umask"):
             fuse_opts.append(opt)
         elif key in ("config", "root", "suffix", "endpoint_url", "ca_bundle", "profile",
-                     "env_file", "cache_dir", "log_level", "log_file", "ttl", "timeout"):
+                     "env_file", "cache_dir", "cache_size", "memory", "index_memory", "log_level",
+                     "log_file", "ttl", "timeout"):
             cli += [f"--{key.replace('_', '-')}", value]
         elif key in ("anonymous", "no_verify_tls", "no_disk_cache"):
             cli.append(f"--{key.replace('_', '-')}")

@@ -33,6 +33,7 @@ def _storage_args(p: argparse.ArgumentParser) -> None:
     c.add_argument("--memory", help="memory cache cap, e.g. 256MiB")
     c.add_argument("--no-disk-cache", action="store_true", help="memory cache only")
     c.add_argument("--ttl", type=float, help="seconds before listings and ETags are revalidated")
+    c.add_argument("--index-memory", help="cap on loaded archive indexes, e.g. 64MiB")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
     p.add_argument("--log-file", help="log to this file instead of stderr")
 

@@ -49,6 +49,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         c.size = parse_size(args.cache_size, "--cache-size")
     if getattr(args, "memory", None):
         c.memory = parse_size(args.memory, "--memory")
+    if getattr(args, "index_memory", None):
+        c.index_memory = parse_size(args.index_memory, "--index-memory")
     if getattr(args, "ttl", None) is not None:
         c.ttl = args.ttl
     if getattr(args, "log_level", None):

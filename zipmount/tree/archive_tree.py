@@ -24,6 +24,7 @@ from ..errors import (
 from ..source import ObjectInfo, Source
 from ..stats import Stats
 from .base import Node
+from .indexes import IndexLRU
 from .views import remember_view
 
 log = logging.getLogger(__name__)
@@ -31,11 +32,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Reach:
-    """What an archive is read through: the source, the shared block cache, the counters."""
+    """What an archive is read through: the source, the shared block cache, the counters, and
+    the engine's cap on loaded indexes."""
 
     source: Source
     cache: BlockCache
     stats: Stats
+    indexes: IndexLRU
 
 
 class ArchiveSlot:
@@ -80,6 +83,7 @@ class ArchiveSlot:
                 log.info("archive %s changed on the server (ETag %s -> %s)", obj.path,
                          self.obj.etag, obj.etag)
                 self.obj, self._archive, self._broken = obj, None, None
+                self.reach.indexes.forget(self)
             elif self.deleted:  # deleted, now back
                 self._broken = None
             self._checked = time.monotonic()
@@ -93,6 +97,7 @@ class ArchiveSlot:
 
     def archive(self, strict: bool = False) -> Archive | None:
         """The open archive, or None if it is broken (``strict``: raise instead)."""
+        opened = None
         with self._lock:
             if (self.revalidate_after is not None and not self._revalidating
                     and time.monotonic() - self._checked > self.revalidate_after):
@@ -101,11 +106,21 @@ class ArchiveSlot:
                 self._revalidating = True
                 threading.Thread(target=self._revalidate, daemon=True,
                                  name="zipmount-revalidate").start()
-            if self._archive is None and (self._broken is None or strict):
-                self._open(strict)
-            return self._archive
+            archive = self._archive
+            if archive is None and (self._broken is None or strict):
+                archive = opened = self._open(strict)
+        # Outside the slot's lock: the LRU may drop other slots' indexes.
+        if opened is not None:
+            self.reach.indexes.loaded(self, len(opened.entries))
+        elif archive is not None:
+            self.reach.indexes.used_by(self)
+        return archive
 
-    def _open(self, strict: bool) -> None:
+    def drop_index(self) -> None:
+        """Forget the loaded index (the LRU's call); open handles keep the one they have."""
+        self._archive = None
+
+    def _open(self, strict: bool) -> Archive | None:
         reach = self.reach
         try:
             cached = CachedObject(reach.source, self.obj, reach.cache, self._expire)
@@ -114,6 +129,7 @@ class ArchiveSlot:
             reach.stats.add("archives_opened")
             log.info("opened archive %s (%d entries, ETag %s)", self.obj.path,
                      len(self._archive.entries), self.obj.etag)
+            return self._archive
         except ZipmountError as exc:
             if strict:
                 raise
@@ -123,6 +139,7 @@ class ArchiveSlot:
                 raise
             self._broken = exc
             log.error("cannot open archive %s: %s", self.obj.path, exc)
+            return None
 
     def _revalidate(self) -> None:
         try:
@@ -131,6 +148,7 @@ class ArchiveSlot:
             log.warning("archive %s was deleted on the server", self.obj.path)
             with self._lock:
                 self._archive, self._broken = None, ObjectNotFound(f"{self.obj.path}: deleted")
+            self.reach.indexes.forget(self)
             return
         except SourceError as exc:
             log.warning("cannot revalidate %s, serving the last good version: %s",

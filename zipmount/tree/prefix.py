@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 
-from ..archive import MemberReader
+from ..archive import MemberReader, clean_name
 from ..errors import IsADirectory, NotASymlink, NotFound, ObjectNotFound, SourceError
 from ..source import ObjectInfo
 from .archive_tree import ArchiveSlot, ArchiveTree, Reach
@@ -64,7 +64,9 @@ class PrefixTree:
         for obj in objects:
             if not obj.path.startswith(prefix) or not obj.path.lower().endswith(self.suffixes):
                 continue
-            rel = obj.path[len(prefix):]
+            rel = self._tree_name(obj.path[len(prefix):], archives, dirs)
+            if rel is None:
+                continue
             old = self._archives.get(rel)
             if old is not None:
                 old.slot.replace(obj)
@@ -82,6 +84,26 @@ class PrefixTree:
             self._archives, self._dirs = archives, dirs
             self._listed = time.monotonic() - age
         log.info("listed %s: %d archives", self.path, len(archives))
+
+    @staticmethod
+    def _tree_name(key: str, archives: dict[str, ArchiveTree],
+                   dirs: dict[str, set[str]]) -> str | None:
+        """Where the object ``key`` (relative to the prefix) shows in the tree: keys with ``//``,
+        ``.``, ``..``, control characters or over-long components show under a cleaned name;
+        None (and a log line) if that name is taken or the key cleans to nothing."""
+        name = clean_name(key)
+        if name is None:
+            log.warning("prefix: object %r has no usable name: skipped", key)
+            return None
+        parts = name.split("/")
+        if name in archives or name in dirs or any(
+                "/".join(parts[:i]) in archives for i in range(1, len(parts))):
+            log.warning("prefix: object %r would show as %r, where another object is: skipped",
+                        key, name)
+            return None
+        if name != key:
+            log.info("prefix: object %r shows as %r", key, name)
+        return name
 
     def expire_listing(self) -> None:
         """Relist on the next access, whatever the TTL says."""

@@ -1,0 +1,135 @@
+"""The tree layer without FUSE: prefix listings, the cap on loaded indexes, revalidation."""
+
+from __future__ import annotations
+
+import io
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from zipmount.config import CacheConfig
+from zipmount.engine import Engine
+from zipmount.errors import NotFound
+from zipmount.source import ObjectInfo, StorageOptions
+from zipmount.tree import PrefixTree
+from zipmount.tree.indexes import ENTRY_BYTES, IndexLRU
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _cohort(root: Path, count: int, entries: int) -> dict[str, dict[str, bytes]]:
+    root.mkdir()
+    contents = {}
+    for i in range(count):
+        files = {f"d{j % 7}/f{j}.txt": f"archive {i} file {j}\n".encode() for j in range(entries)}
+        (root / f"rec{i:03d}.zip").write_bytes(_zip(files))
+        contents[f"rec{i:03d}.zip"] = files
+    return contents
+
+
+def _engine(tmp_path: Path, **cache: object) -> Engine:
+    return Engine(StorageOptions(), CacheConfig(dir=str(tmp_path / "cache"), **cache))
+
+
+class Dropped:
+    def __init__(self) -> None:
+        self.dropped = False
+
+    def drop_index(self) -> None:
+        self.dropped = True
+
+
+def test_the_index_lru_drops_the_least_recently_used_and_never_the_newest():
+    lru = IndexLRU(capacity=3 * 10 * ENTRY_BYTES)
+    a, b, c, d = Dropped(), Dropped(), Dropped(), Dropped()
+    lru.loaded(a, 10)
+    lru.loaded(b, 10)
+    lru.loaded(c, 10)
+    lru.used_by(a)  # b is now the oldest
+    lru.loaded(d, 10)
+    assert (a.dropped, b.dropped, c.dropped, d.dropped) == (False, True, False, False)
+    assert lru.used == 3 * 10 * ENTRY_BYTES and len(lru) == 3
+    huge = Dropped()
+    lru.loaded(huge, 10_000)  # bigger than the cap on its own: kept, everything else dropped
+    assert not huge.dropped and a.dropped and c.dropped and d.dropped and len(lru) == 1
+
+
+def test_a_sweep_over_a_prefix_keeps_loaded_indexes_under_the_cap_and_reloads_without_requests(
+        tmp_path):
+    contents = _cohort(tmp_path / "cohort", count=40, entries=50)
+    cap = 5 * 50 * ENTRY_BYTES  # room for about five indexes
+    engine = _engine(tmp_path, index_memory=cap)
+    tree = engine.open_tree(str(tmp_path / "cohort") + "/")
+    try:
+        for name, files in contents.items():
+            reader = tree.open(f"{name}/d3/f3.txt")
+            assert reader.read(0, 100) == files["d3/f3.txt"]
+            reader.close()
+            assert tree.open_archives() <= 6
+            assert engine.indexes.used <= cap + 50 * ENTRY_BYTES
+        requests = engine.stats.counters["requests"]
+        for name, files in contents.items():  # a second sweep: indexes reload from the disk cache
+            assert tree.stat(f"{name}/d0/f0.txt").size == len(files["d0/f0.txt"])
+        assert engine.stats.counters["requests"] == requests
+    finally:
+        engine.close()
+
+
+def test_prefix_keys_with_odd_components_are_reachable_under_cleaned_names(tmp_path):
+    engine = _engine(tmp_path)
+    try:
+        from zipmount.tree import Reach
+
+        source, path = engine.source(str(tmp_path / "pre") + "/")
+        tree = PrefixTree(Reach(source, engine.cache, engine.stats, engine.indexes), path,
+                          suffixes=(".zip",))
+        keys = ["a//b.zip", "./c.zip", "x/../d.zip", "e\x01.zip", "L" * 300 + ".zip",
+                "a/b.zip",  # cleans to the same name as a//b.zip: skipped, never half-listed
+                "f.zip", "f.zip/g.zip"]  # below an archive: skipped
+        tree.apply_listing([ObjectInfo(path + k, 10, f'"{i}"', 0.0) for i, k in enumerate(keys)],
+                           0.0)
+        listed: list[str] = []
+        todo = [""]
+        while todo:
+            directory = todo.pop()
+            for name, kind in tree.listdir(directory):
+                full = f"{directory}/{name}".strip("/")
+                node = tree.stat(full)  # every listed name answers, none is ENOENT
+                assert node.kind == kind == "dir"
+                if not full.endswith(".zip") and "L" * 20 not in full:
+                    todo.append(full)
+                else:
+                    listed.append(full)
+        # ".." components are dropped, as in archive member names (never resolved upwards)
+        assert sorted(n for n in listed if "LLLL" not in n) == ["a/b.zip", "c.zip", "e_.zip",
+                                                                "f.zip", "x/d.zip"]
+        long_name = next(n for n in listed if "LLLL" in n)
+        assert len(long_name.encode()) <= 255
+        with pytest.raises(NotFound):
+            tree.stat("f.zip/g.zip")
+    finally:
+        engine.close()
+
+
+def test_a_single_archive_with_ttl_zero_runs_at_most_one_revalidation_at_a_time(tmp_path):
+    path = tmp_path / "one.zip"
+    path.write_bytes(_zip({"a.txt": b"a"}))
+    engine = _engine(tmp_path, ttl=0.0)
+    tree = engine.open_tree(str(path))
+    try:
+        most = 0
+        for _ in range(300):
+            tree.stat("a.txt")
+            alive = sum(t.name == "zipmount-revalidate" for t in threading.enumerate())
+            most = max(most, alive)
+        assert 1 <= most <= 1
+    finally:
+        engine.close()
