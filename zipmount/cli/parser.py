@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
-from ..config import default_cache_dir
+from ..config import default_cache_dir, parse_size
 from ..errors import UsageError
 
 
@@ -73,7 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
 
     pf = sub.add_parser("prefetch", help="warm the cache with files or subtrees of a mount")
-    pf.add_argument("paths", nargs="+")
+    pf.add_argument("paths", nargs="+", help="a mount, an archive's directory, or files in it")
+    pf.add_argument("-j", "--jobs", type=int, default=4, help="archives read at once (default 4)")
+    pf.add_argument("--metadata-only", action="store_true",
+                    help="load every archive's index, read no file")
+    pf.add_argument("--suffix", action="append", dest="suffixes",
+                    help="names of archive directories (repeatable; default .zip, .rkns)")
+    pf.add_argument("--max-rate", type=lambda v: parse_size(v, "--max-rate"),
+                    help="at most this many bytes per second, e.g. 50MiB")
+    pf.add_argument("--restart", action="store_true",
+                    help="ignore what an interrupted run already did")
 
     ca = sub.add_parser("cache", help="inspect or trim the disk cache")
     ca.add_argument("action", choices=["info", "prune", "clear"])

@@ -1,53 +1,239 @@
-"""``zipmount prefetch``: warm the cache by reading files of a mount."""
+"""``zipmount prefetch``: warm the cache by reading the files of a mount, archive by archive.
+
+The paths are split into archives (directories whose names end with a suffix, as a prefix mount
+shows them; a path with none below it is one archive), which are read by ``--jobs`` threads at
+once, each archive by one thread in name order so that the daemon's read-ahead follows it.
+``--metadata-only`` lists every archive (the daemon loads and persists its index) and reads no
+file. An interrupted run leaves a journal of the archives it finished; the same command run again
+skips those whose size and mtime are unchanged. A run that completes removes its journal, so the
+next one reads everything again (from the cache if it is still there).
+"""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import stat
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from ..errors import ZipmountError
+from ..errors import UsageError, ZipmountError
+from ..tree import DEFAULT_SUFFIXES
+
+READ_SIZE = 1 << 20
+
+
+@dataclass
+class Unit:
+    """One archive (or one file or subtree) to prefetch."""
+
+    path: str
+    files: list[str] = field(default_factory=list)
+    size: int = 0
+
+    def identity(self) -> str:
+        st = os.stat(self.path)
+        return f"{self.path}\t{st.st_size}\t{st.st_mtime_ns}"
+
+
+class Progress:
+    """Counters shared by the workers, and the one-line progress bar on a terminal."""
+
+    def __init__(self, archives: int, tty: bool) -> None:
+        self.archives = archives
+        self.tty = tty
+        self.done_archives = self.files = self.failed = 0
+        self.bytes = self.known_bytes = 0
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+        self._shown = 0.0
+
+    def add(self, *, nbytes: int = 0, files: int = 0, failed: int = 0, archive: bool = False,
+            known: int = 0) -> None:
+        with self._lock:
+            self.bytes += nbytes
+            self.files += files
+            self.failed += failed
+            self.done_archives += archive
+            self.known_bytes += known
+            now = time.monotonic()
+            if self.tty and (now - self._shown > 0.2 or archive):
+                self._shown = now
+                self._show(now)
+
+    def _show(self, now: float) -> None:
+        elapsed = max(1e-6, now - self.started)
+        rate = self.bytes / elapsed
+        frac = self.done_archives / self.archives if self.archives else 1.0
+        eta = elapsed * (1 - frac) / frac if frac > 0 else float("nan")
+        width = 24
+        bar = "#" * int(frac * width)
+        eta_text = f"{eta:5.0f} s" if eta == eta else "    ? s"
+        print(f"\r[{bar:<{width}}] {self.done_archives}/{self.archives} archives "
+              f"{self.bytes / 2**20:9.1f} MiB {rate / 2**20:7.1f} MiB/s ETA {eta_text}", end="",
+              file=sys.stderr, flush=True)
+
+
+class RateLimit:
+    """At most ``rate`` bytes per second over all workers (None: no limit)."""
+
+    def __init__(self, rate: int | None) -> None:
+        self.rate = rate
+        self.started = time.monotonic()
+        self.total = 0
+        self._lock = threading.Lock()
+
+    def took(self, nbytes: int) -> None:
+        if not self.rate:
+            return
+        with self._lock:
+            self.total += nbytes
+            ahead = self.total / self.rate - (time.monotonic() - self.started)
+        if ahead > 0:
+            time.sleep(ahead)
+
+
+def find_units(paths: list[str], suffixes: tuple[str, ...]) -> list[Unit]:
+    """The archives below ``paths`` (never listing inside one: that would load its index)."""
+    units: list[Unit] = []
+    for path in paths:
+        if not os.path.lexists(path):
+            raise ZipmountError(f"{path}: no such file or directory")
+        if not os.path.isdir(path):
+            units.append(Unit(path))
+            continue
+        found = list(_archive_dirs(path, suffixes))
+        units.extend(Unit(p) for p in found) if found else units.append(Unit(path))
+    return units
+
+
+def _archive_dirs(top: str, suffixes: tuple[str, ...]) -> Iterator[str]:
+    try:
+        entries = sorted(os.scandir(top), key=lambda e: e.name)
+    except OSError as exc:
+        raise ZipmountError(f"{top}: {exc.strerror}") from None
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            if entry.name.lower().endswith(suffixes):
+                yield entry.path
+            else:
+                yield from _archive_dirs(entry.path, suffixes)
+
+
+def _list_files(unit: Unit) -> None:
+    if not os.path.isdir(unit.path):
+        unit.files, unit.size = [unit.path], os.stat(unit.path).st_size
+        return
+    for dirpath, dirnames, names in os.walk(unit.path):
+        dirnames.sort()
+        for name in sorted(names):
+            full = os.path.join(dirpath, name)
+            st = os.lstat(full)
+            if stat.S_ISREG(st.st_mode):
+                unit.files.append(full)
+                unit.size += st.st_size
+
+
+def _prefetch_unit(unit: Unit, metadata_only: bool, progress: Progress, limit: RateLimit,
+                   stop: threading.Event) -> bool:
+    """Read one archive; True if every file of it was read."""
+    try:
+        _list_files(unit)
+    except OSError as exc:
+        print(f"\nzipmount: prefetch {unit.path}: {exc.strerror}", file=sys.stderr)
+        progress.add(failed=1)
+        return False
+    progress.add(known=unit.size)
+    if metadata_only:
+        progress.add(archive=True, files=0)
+        return True
+    ok = True
+    buffer = bytearray(READ_SIZE)
+    for name in unit.files:
+        if stop.is_set():
+            return False
+        try:
+            with open(name, "rb", buffering=0) as f:
+                while not stop.is_set() and (n := f.readinto(buffer)):
+                    progress.add(nbytes=n)
+                    limit.took(n)
+            progress.add(files=1)
+        except OSError as exc:
+            ok = False
+            progress.add(failed=1)
+            print(f"{chr(10) if progress.tty else ''}zipmount: prefetch {name}: {exc.strerror}",
+                  file=sys.stderr)
+    if stop.is_set():
+        return False
+    progress.add(archive=True)
+    return ok
+
+
+def journal_path(paths: list[str], metadata_only: bool) -> Path:
+    """Where an interrupted run of the same command keeps what it finished."""
+    key = "\0".join([*sorted(os.path.abspath(p) for p in paths), str(metadata_only)])
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "zipmount" / "prefetch" / (hashlib.sha256(key.encode()).hexdigest()[:24]
+                                                   + ".done")
 
 
 def cmd_prefetch(args: argparse.Namespace) -> int:
-    files: list[str] = []
-    for path in args.paths:
-        if os.path.isdir(path):
-            for dirpath, _, names in os.walk(path):
-                files.extend(os.path.join(dirpath, n) for n in sorted(names))
-        elif os.path.exists(path):
-            files.append(path)
+    if args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    suffixes = tuple(s.lower() for s in (args.suffixes or DEFAULT_SUFFIXES))
+    units = find_units(args.paths, suffixes)
+    journal = journal_path(args.paths, args.metadata_only)
+    done_before: set[str] = set()
+    if not args.restart and journal.exists():
+        done_before = set(journal.read_text().splitlines())
+    todo, skipped = [], 0
+    for unit in units:
+        if unit.identity() in done_before:
+            skipped += 1
         else:
-            raise ZipmountError(f"{path}: no such file or directory")
-    files = [f for f in files if stat.S_ISREG(os.lstat(f).st_mode)]
-    total = sum(os.lstat(f).st_size for f in files)
-    tty = sys.stderr.isatty()
-    done = failed = 0
-    t0 = time.monotonic()
-    for i, name in enumerate(files, 1):
+            todo.append(unit)
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    progress = Progress(len(todo), sys.stderr.isatty())
+    limit = RateLimit(args.max_rate)
+    stop = threading.Event()
+    complete = True
+    with open(journal, "a" if done_before and not args.restart else "w") as log, \
+            ThreadPoolExecutor(args.jobs, thread_name_prefix="prefetch") as pool:
+        pending: dict[Future[bool], Unit] = {
+            pool.submit(_prefetch_unit, u, args.metadata_only, progress, limit, stop): u
+            for u in todo}
         try:
-            with open(name, "rb", buffering=0) as f:
-                while chunk := f.read(1 << 20):
-                    done += len(chunk)
-                    if tty:
-                        _progress(done, total, i, len(files), t0)
-        except OSError as exc:
-            failed += 1
-            print(f"zipmount: prefetch {name}: {exc.strerror}", file=sys.stderr)
-    if tty:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    unit = pending.pop(fut)
+                    if fut.result():
+                        log.write(unit.identity() + "\n")
+                        log.flush()
+                    else:
+                        complete = False
+        except KeyboardInterrupt:
+            stop.set()
+            for fut in pending:
+                fut.cancel()
+            if progress.tty:
+                print(file=sys.stderr)
+            print(f"zipmount: interrupted after {progress.done_archives} of {len(todo)} "
+                  "archives; run the same command again to go on", file=sys.stderr)
+            return 130
+    if progress.tty:
         print(file=sys.stderr)
-    secs = time.monotonic() - t0
-    print(f"prefetched {len(files) - failed} files, {done / 2**20:.1f} MiB in {secs:.1f} s"
-          + (f", {failed} failed" if failed else ""))
-    return 1 if failed else 0
-
-
-def _progress(done: int, total: int, i: int, n: int, t0: float) -> None:
-    width = 30
-    frac = done / total if total else 1.0
-    bar = "#" * int(frac * width)
-    rate = done / max(1e-6, time.monotonic() - t0) / 2**20
-    print(f"\r[{bar:<{width}}] {frac:6.1%} file {i}/{n} {rate:7.1f} MiB/s", end="",
-          file=sys.stderr, flush=True)
+    if complete:
+        journal.unlink(missing_ok=True)
+    secs = time.monotonic() - progress.started
+    extra = f", {skipped} done before" if skipped else ""
+    print(f"prefetched {progress.files} files, {progress.bytes / 2**20:.1f} MiB in {secs:.1f} s "
+          f"({progress.done_archives} archives{extra})"
+          + (f", {progress.failed} failed" if progress.failed else ""))
+    return 1 if progress.failed else 0
