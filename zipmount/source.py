@@ -87,6 +87,7 @@ class Source:
         self.stats = stats
         self._is_s3 = location.startswith("s3|")
         self._async = False
+        self._known: dict[str, dict[str, Any]] = {}  # path -> details given by the caller
 
     # -- construction -------------------------------------------------------------------------
 
@@ -113,6 +114,19 @@ class Source:
             source = cls(lambda: fs, protocol, options, stats)
         return source, path
 
+    @classmethod
+    def for_filesystem(cls, fs: fsspec.AbstractFileSystem, options: StorageOptions, stats: Stats,
+                       known: dict[str, Any] | None = None) -> Source:
+        """A source over an fsspec filesystem someone already built (the fsspec front-end).
+
+        ``known``: fsspec details (``info``) of an object already stat'ed by the caller, e.g. an
+        open file's; the first ``stat`` of that path uses them instead of a request.
+        """
+        source = cls(lambda: fs, filesystem_location(fs), options, stats)
+        if known and known.get("name"):
+            source._known[known["name"].rstrip("/")] = known
+        return source
+
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
         """The fsspec filesystem, built (and its libraries imported) on first use."""
@@ -130,7 +144,8 @@ class Source:
 
     def stat(self, path: str) -> ObjectInfo | None:
         """Identity of the object at ``path``; ``None`` if ``path`` is a directory/prefix."""
-        info = self._call(f"stat {path}", self._info, path)
+        known = self._known.pop(path.rstrip("/"), None)  # once: later stats revalidate
+        info = known if known is not None else self._call(f"stat {path}", self._info, path)
         if info.get("type") == "directory":
             return None
         return _object_info(path, info)
@@ -226,6 +241,16 @@ class Source:
 
 async def _identity(coro: Any) -> Any:
     return await coro
+
+
+def filesystem_location(fs: fsspec.AbstractFileSystem) -> str:
+    """The location part of cache keys for ``fs``: the same as :meth:`Source.for_url` gives."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("s3", "s3a"):
+        endpoint = getattr(fs, "endpoint_url", None) or \
+            getattr(fs, "client_kwargs", {}).get("endpoint_url")
+        return f"s3|{endpoint or 'aws'}"
+    return protocol
 
 
 def _fsspec_filesystem(protocol: str) -> fsspec.AbstractFileSystem:

@@ -1,0 +1,294 @@
+"""zipmount in process: the ``zipmount`` fsspec filesystem against the real S3 test server."""
+
+from __future__ import annotations
+
+import errno
+import io
+import pickle
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+import zarr
+from support.mount import run
+
+from zipmount.cache import MAX_REQUEST
+from zipmount.fsspec_fs import ZipmountFileSystem
+from zipmount.source import Source
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def s3opts(s3) -> dict:
+    """s3fs options for the test server (good credentials, the test CA)."""
+    return {"endpoint_url": s3.endpoint_url, "key": s3.access_key, "secret": s3.secret_key,
+            "client_kwargs": {"verify": str(s3.ca_bundle), "region_name": s3.region}}
+
+
+@pytest.fixture
+def zmfs(s3opts, tmp_path):
+    """Build a filesystem with a cold cache of its own (a fresh cache dir)."""
+
+    def build(url: str, **options) -> ZipmountFileSystem:
+        options.setdefault("cache_dir", str(tmp_path / "cache"))
+        return fsspec.filesystem("zipmount", fo=url, target_options=s3opts,
+                                 skip_instance_cache=True, **options)
+
+    return build
+
+
+@pytest.fixture(scope="module")
+def odd(s3) -> str:
+    """Bucket `fsspec-odd`: an archive with an encrypted member."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("secret.txt", b"?" * 100)
+        zf.writestr("public.txt", b"public\n")
+    data = bytearray(buf.getvalue())
+    # Set the "encrypted" flag of secret.txt in its local header and its central entry.
+    data[6] |= 1
+    central = data.index(b"PK\x01\x02")
+    data[central + 8] |= 1
+    s3.create_bucket("fsspec-odd")
+    s3.put_bytes("fsspec-odd", "encrypted.zip", bytes(data))
+    return "fsspec-odd"
+
+
+def _requests(fs: ZipmountFileSystem) -> tuple[int, int]:
+    counters = fs.tree.slot.reach.stats.counters if hasattr(fs.tree, "slot") else None
+    assert counters is not None
+    return counters["requests"], counters["bytes_fetched"]
+
+
+def _check_group_v2(group, expected) -> None:
+    for path, want in expected.arrays.items():
+        arr = group[path]
+        assert arr.shape == want.shape and arr.dtype == want.dtype, path
+        np.testing.assert_array_equal(arr[...], want, err_msg=path)
+    for node, attrs in expected.attrs.items():
+        assert dict((group if node == "" else group[node]).attrs) == attrs, node
+
+
+# -- the tree -----------------------------------------------------------------------------------
+
+def test_one_archive_lists_and_reads_every_member_equal_to_the_source(zmfs, samples):
+    fs = zmfs("s3://data/single/deflated.zip")
+    expected = samples.deflated
+    assert set(fs.find("", withdirs=False)) == set(expected.files)
+    dirs = {p for p, d in fs.find("", withdirs=True, detail=True).items() if d["type"] == "directory"}
+    assert dirs == expected.dirs
+    got = fs.cat(sorted(expected.files))
+    assert got == expected.files
+    for name, content in expected.files.items():
+        assert fs.info(name)["size"] == len(content)
+        assert fs.isfile(name) and not fs.isdir(name)
+    top = {d["name"]: d["type"] for d in fs.ls("")}
+    assert top == {n: "file" if size is not None else "directory"
+                   for n, size in expected.children("").items()}
+
+
+def test_byte_ranges_of_cat_file_open_and_cat_ranges_equal_the_source(zmfs, samples):
+    fs = zmfs("s3://data/single/stored.zip")
+    name, content = max(samples.stored.files.items(), key=lambda kv: len(kv[1]))
+    n = len(content)
+    assert fs.cat_file(name, 1000, 5000) == content[1000:5000]
+    assert fs.cat_file(name, -100) == content[-100:]
+    assert fs.cat_file(name, n - 10, n + 100) == content[n - 10:]
+    with fs.open(name, "rb") as f:
+        f.seek(n // 2)
+        assert f.read(777) == content[n // 2:n // 2 + 777]
+        assert f.size == n
+    starts, ends = [0, 10, n - 5], [10, 4096, n]
+    want = [content[s:e] for s, e in zip(starts, ends, strict=True)]
+    assert fs.cat_ranges([name] * 3, starts, ends) == want
+
+
+def test_a_read_of_a_stored_member_fetches_that_member_and_no_more(zmfs, samples):
+    fs = zmfs("s3://data/single/stored.zip")
+    name, content = max(samples.stored.files.items(), key=lambda kv: len(kv[1]))
+    middle = len(content) // 2
+    before = _requests(fs)
+    with fs.open(name, "rb") as f:
+        f.seek(middle)
+        assert f.read(1000) == content[middle:middle + 1000]
+    requests, nbytes = (a - b for a, b in zip(_requests(fs), before, strict=True))
+    # A member of a few MB is fetched whole by its first read (zarr reads chunks whole), in
+    # the block cache's largest requests: no bytes beyond the member, its local header and the
+    # 64 KiB blocks at its ends; no read-ahead buffer of the file object on top.
+    assert nbytes <= len(content) + 2 * 64 * 1024, nbytes
+    assert requests <= 1 + len(content) // MAX_REQUEST, requests
+
+
+def test_a_prefix_shows_each_archive_as_a_directory(zmfs, samples):
+    fs = zmfs("s3://data/rec/")
+    assert fs.ls("", detail=False) == ["a.rkns", "c.zip", "sub"]
+    assert fs.ls("sub", detail=False) == ["sub/b.rkns"]
+    assert fs.isdir("a.rkns") and not fs.exists("notes.txt")
+    name, content = next(iter(samples.small_c.files.items()))
+    assert fs.cat(f"c.zip/{name}") == content
+
+
+def test_a_chained_url_with_a_prefix_lists_the_archives_too(s3opts, tmp_path):
+    fs, path = fsspec.core.url_to_fs("zipmount::s3://data/rec/", s3=s3opts,
+                                     zipmount={"cache_dir": str(tmp_path)})
+    assert isinstance(fs, ZipmountFileSystem) and path == ""
+    assert fs.ls("", detail=False) == ["a.rkns", "c.zip", "sub"]
+
+
+def test_ukey_follows_the_member_version(zmfs, samples):
+    fs = zmfs("s3://data/single/stored.zip")
+    names = sorted(samples.stored.files)
+    keys = {fs.ukey(n) for n in names}
+    assert len(keys) == len(names) and all(keys)
+    assert fs.ukey(names[0]) == fs.ukey(names[0])
+
+
+# -- zarr -----------------------------------------------------------------------------------------
+
+def test_zarr2_open_over_a_chained_mapper_equals_the_source(s3opts, samples, tmp_path):
+    mapper = fsspec.get_mapper("zipmount::s3://data/rec/sub/b.rkns", s3=s3opts,
+                               zipmount={"cache_dir": str(tmp_path)})
+    group = zarr.open(mapper, mode="r")
+    _check_group_v2(group, samples.rkns_b)
+
+
+def test_zarr2_fsstore_reads_consolidated_windows(s3opts, samples, tmp_path):
+    store = zarr.storage.FSStore("zipmount::s3://data/rec/a.rkns", mode="r", s3=s3opts,
+                                 zipmount={"cache_dir": str(tmp_path)})
+    group = zarr.open_consolidated(store, mode="r")
+    _check_group_v2(group, samples.rkns_a)
+    want = samples.rkns_a.arrays["signals/eeg/data"]
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        ch, start = int(rng.integers(0, want.shape[0])), int(rng.integers(0, want.shape[1] - 1000))
+        np.testing.assert_array_equal(group["signals/eeg/data"][ch, start:start + 1000],
+                                      want[ch, start:start + 1000])
+
+
+def test_cat_of_many_chunks_reads_them_concurrently_one_range_each(zmfs, samples, monkeypatch):
+    fs = zmfs("s3://data/rec/a.rkns")
+    chunks = sorted(k for k in samples.rkns_a.files if k.startswith("signals/eeg/data/") and
+                    not k.endswith((".zarray", ".zattrs")))
+    assert len(chunks) >= 8
+    in_flight, peak, lock = 0, 0, threading.Lock()
+    real_read = Source.read
+
+    def counting_read(self, obj, start, end):  # the real read, counted
+        nonlocal in_flight, peak
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+        try:
+            return real_read(self, obj, start, end)
+        finally:
+            with lock:
+                in_flight -= 1
+
+    monkeypatch.setattr(Source, "read", counting_read)
+    before = _requests(fs)
+    got = fs.cat(chunks)
+    requests, nbytes = (a - b for a, b in zip(_requests(fs), before, strict=True))
+    assert got == {k: samples.rkns_a.files[k] for k in chunks}
+    assert peak > 1, "the chunks were read one after the other"
+    total = sum(len(samples.rkns_a.files[k]) for k in chunks)
+    # One range per chunk at most (neighbours sharing a 64 KiB block may share one), and the
+    # bytes fetched are the chunks' own, rounded out to the 64 KiB blocks they touch.
+    assert requests <= len(chunks), requests
+    assert nbytes <= total + 2 * 64 * 1024 * len(chunks), (nbytes, total)
+
+
+# -- the recipe swap, pickling ----------------------------------------------------------------------
+
+def test_fo_an_open_s3fs_file_replaces_zipfilesystem_in_one_line(s3opts, samples, tmp_path):
+    s3 = fsspec.filesystem("s3", **s3opts)
+    with s3.open("data/rec/a.rkns", "rb") as f:
+        fs = ZipmountFileSystem(fo=f, cache_dir=str(tmp_path))
+        group = zarr.open_consolidated(fs.get_mapper(""), mode="r")
+        np.testing.assert_array_equal(group["signals/ecg/data"][...],
+                                      samples.rkns_a.arrays["signals/ecg/data"])
+        assert fs.tree.slot.obj.etag == f.details["ETag"]
+
+
+def test_a_pickle_is_small_and_rebuilds_the_filesystem_in_another_process(s3opts, samples,
+                                                                         tmp_path):
+    s3 = fsspec.filesystem("s3", **s3opts)
+    with s3.open("data/single/stored.zip", "rb") as f:
+        fs = ZipmountFileSystem(fo=f, cache_dir=str(tmp_path / "a"))
+    blob = pickle.dumps(fs)
+    assert len(blob) < 4096 and b"S3File" not in blob
+    name = sorted(samples.stored.files)[0]
+    (tmp_path / "fs.pickle").write_bytes(blob)
+    script = ("import pickle, sys; fs = pickle.load(open(sys.argv[1], 'rb')); "
+              "sys.stdout.buffer.write(fs.cat_file(sys.argv[2]))")
+    r = run([sys.executable, "-c", script, tmp_path / "fs.pickle", name], timeout=60)
+    assert r.rc == 0, r.describe()
+    assert r.stdout_bytes == samples.stored.files[name]
+
+
+def test_a_second_process_reads_from_the_persisted_index_and_disk_cache_without_requests(
+        s3opts, samples, tmp_path):
+    name = sorted(samples.rkns_a.files)[-1]
+    script = (
+        "import sys, fsspec; "
+        f"fs = fsspec.filesystem('zipmount', fo='s3://data/rec/a.rkns', target_options={s3opts!r}, "
+        "cache_dir=sys.argv[1]); data = fs.cat_file(sys.argv[2]); "
+        "print(len(data), fs.tree.slot.reach.stats.counters['requests'])")
+    first = run([sys.executable, "-c", script, tmp_path / "cache", name], timeout=60)
+    second = run([sys.executable, "-c", script, tmp_path / "cache", name], timeout=60)
+    assert first.rc == 0 and second.rc == 0, first.describe() + second.describe()
+    size = len(samples.rkns_a.files[name])
+    assert first.stdout.split() == [str(size), first.stdout.split()[1]]
+    assert int(first.stdout.split()[1]) > 0
+    assert second.stdout.split() == [str(size), "0"]
+
+
+# -- errors -------------------------------------------------------------------------------------------
+
+def test_a_missing_object_is_file_not_found(zmfs):
+    with pytest.raises(FileNotFoundError):
+        zmfs("s3://data/single/nothing-here.zip")
+
+
+def test_an_object_that_is_not_a_zip_is_an_oserror_with_one_line(zmfs):
+    with pytest.raises(OSError) as info:
+        zmfs("s3://data/bad/notzip.zip")
+    assert info.value.errno == errno.EIO
+    assert "\n" not in str(info.value) and "notzip.zip" in str(info.value)
+
+
+def test_missing_members_are_file_not_found_and_a_zarr_mapper_sees_missing_keys(zmfs, samples):
+    fs = zmfs("s3://data/single/stored.zip")
+    with pytest.raises(FileNotFoundError):
+        fs.cat_file("no/such/member")
+    with pytest.raises(FileNotFoundError):
+        fs.info("no/such/member")
+    assert not fs.exists("no/such/member")
+    name = sorted(samples.stored.files)[0]
+    got = fs.cat([name, "missing-a", "missing-b"], on_error="return")
+    assert got[name] == samples.stored.files[name]
+    assert isinstance(got["missing-a"], FileNotFoundError)
+    assert "missing-b" not in fs.get_mapper("")
+
+
+def test_an_encrypted_member_is_permission_denied(zmfs, odd):
+    fs = zmfs(f"s3://{odd}/encrypted.zip")
+    assert fs.cat_file("public.txt") == b"public\n"
+    with pytest.raises(PermissionError) as info:
+        fs.cat_file("secret.txt")
+    assert info.value.errno == errno.EACCES
+
+
+def test_writes_are_refused_as_read_only(zmfs, samples):
+    fs = zmfs("s3://data/single/stored.zip")
+    name = sorted(samples.stored.files)[0]
+    for call in (lambda: fs.open(name, "wb"), lambda: fs.pipe_file("new", b"x"),
+                 lambda: fs.rm(name), lambda: fs.mkdir("d"), lambda: fs.mv(name, "x")):
+        with pytest.raises(OSError) as info:
+            call()
+        assert info.value.errno == errno.EROFS
+    assert fs.cat_file(name) == samples.stored.files[name]
