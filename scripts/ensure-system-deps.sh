@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Make sure the system packages zipmount needs are present: libfuse2 (fusepy loads it) and
-# fusermount (fuse3). Extra Debian package names may be passed (e.g. nginx-light for `make bench`).
-# As root, missing packages are installed with apt-get; otherwise the exact command is printed.
+# Make sure the system packages zipmount needs are present: libfuse 3 (libfuse3-3, which mfusepy
+# loads) and fusermount3 (fuse3). Extra Debian package names may be passed (e.g. nginx-light for
+# `make bench`). As root, missing packages are installed with apt-get; otherwise the exact command
+# is printed.
 set -euo pipefail
 missing=()
-ldconfig -p 2>/dev/null | grep -q 'libfuse\.so\.2' || missing+=(libfuse2)
-command -v fusermount >/dev/null 2>&1 || command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
+ldconfig -p 2>/dev/null | grep -q 'libfuse3\.so\.3' || missing+=(libfuse3-3)
+command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
 # systemd-analyze verifies systemd/zipmount@.service in the tests (systemd need not be running).
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 for pkg in "$@"; do

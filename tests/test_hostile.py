@@ -32,7 +32,6 @@ import zlib
 from pathlib import Path
 
 import pytest
-from fuse import FuseOSError
 from robust.faultproxy import fault_proxy
 from robust.harness import BUCKET, guarded, peak_rss_bytes, read_file, reset_peak_rss, stack
 from robust.s3http import SECRET_KEY
@@ -48,6 +47,8 @@ from robust.zips import (
 )
 from support.checks import assert_one_line_error
 from support.mount import pids_with_marker, run
+
+from zipmount.fuseops import FuseOSError  # loads libfuse 3 for mfusepy
 
 GOOD = {"hello.txt": b"hello, world\n", "data/blob.bin": random_bytes("good", 300_000)}
 BOMB_SIZE = 64 * 2**20
@@ -398,10 +399,10 @@ def test_read_only_at_every_kernel_entry_point(st, hm):
 
 
 def _file_info(flags: int):
-    """The struct libfuse hands to open/read/release (fusepy's ctypes definition)."""
-    import fuse
+    """The struct libfuse 3 hands to open/read/release (mfusepy's ctypes definition)."""
+    from zipmount.fuseops import mfusepy
 
-    fi = fuse.fuse_file_info()
+    fi = mfusepy.fuse_file_info()
     fi.flags = flags
     return fi
 
@@ -439,7 +440,7 @@ def test_read_only_at_every_daemon_entry_point(tmp_path):
     with pytest.raises(FuseOSError) as ei:
         ops.access("/hello.txt", os.W_OK)
     assert ei.value.errno == errno.EROFS
-    fi = _file_info(os.O_RDONLY)  # the daemon runs fusepy with raw_fi: open/read/release get it
+    fi = _file_info(os.O_RDONLY)  # the daemon runs mfusepy with raw_fi: open/read/release get it
     ops.open("/hello.txt", fi)
     assert ops.read("/hello.txt", 100, 0, fi) == GOOD["hello.txt"]
     ops.release("/hello.txt", fi)

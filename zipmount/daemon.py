@@ -21,12 +21,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fuse import FUSE
-
 from .config import Config, MountConfig
 from .engine import Engine
 from .errors import UsageError, ZipmountError
-from .fuseops import ZipOperations
 from .tree import Tree
 
 log = logging.getLogger(__name__)
@@ -68,7 +65,7 @@ def mount_state(mountpoint: str) -> str:
 def unmount(mountpoint: str, lazy: bool = False) -> bool:
     """Unmount a FUSE mount (also a stale one); True once nothing is mounted there."""
     flags = "-uz" if lazy else "-u"
-    for cmd in (["fusermount", flags, mountpoint], ["fusermount3", flags, mountpoint],
+    for cmd in (["fusermount3", flags, mountpoint], ["fusermount", flags, mountpoint],
                 ["umount", *(["-l"] if lazy else []), mountpoint]):
         try:
             subprocess.run(cmd, capture_output=True, timeout=30, check=False)
@@ -125,6 +122,7 @@ class Daemon:
 
     def mount_all(self) -> None:
         """Start one FUSE session per tree and wait until each answers."""
+        from . import fuseops  # noqa: F401 - here, so a missing libfuse 3 is a one-line error
         for tree in self.trees:
             tree.thread = threading.Thread(target=self._serve, args=(tree,), daemon=True,
                                            name=f"fuse {tree.config.mountpoint}")
@@ -141,19 +139,14 @@ class Daemon:
             log.info("mounted %s on %s", tree.config.source, tree.config.mountpoint)
 
     def _serve(self, tree: MountedTree) -> None:
+        from .fuseops import ZipOperations, serve
+
         opts = tree.config.options
         ops = ZipOperations(tree.tree, self.stats, uid=opts.uid, gid=opts.gid,
-                            umask=opts.umask)
-        ttl = self.config.cache.ttl
-        kwargs: dict[str, object] = {
-            "foreground": True, "ro": True, "fsname": _fsname(tree.config.source),
-            "subtype": "zipmount", "default_permissions": True, "raw_fi": True,
-            "entry_timeout": ttl, "attr_timeout": ttl, "negative_timeout": ttl,
-        }
-        if opts.allow_other:
-            kwargs["allow_other"] = True
+                            umask=opts.umask, ttl=self.config.cache.ttl)
         try:
-            FUSE(ops, tree.config.mountpoint, **kwargs)
+            serve(ops, tree.config.mountpoint, fsname=_fsname(tree.config.source),
+                  allow_other=opts.allow_other)
         except BaseException as exc:  # noqa: BLE001 - reported to the main thread
             tree.error = exc
             log.error("FUSE session for %s ended: %s", tree.config.mountpoint, exc)

@@ -1,5 +1,5 @@
-"""FUSE front-end: a thin fusepy ``Operations`` over a :class:`~zipmount.tree.Tree` — translation to
-errno and the kernel-cache policy only."""
+"""FUSE front-end: a thin mfusepy ``Operations`` over a :class:`~zipmount.tree.Tree` (libfuse 3) —
+translation to errno and the kernel-cache policy only; :func:`serve` runs one session."""
 
 from __future__ import annotations
 
@@ -13,20 +13,42 @@ import os
 import stat
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
-
-from fuse import FuseOSError, Operations
 
 from .archive import MemberReader
 from .errors import ZipmountError
 from .stats import STATS_XATTR, Stats
 from .tree import Tree
 
+# mfusepy loads the first of libfuse 2 and libfuse 3 it finds, in that order; zipmount is built for
+# libfuse 3 (readdirplus, cached directories, noflush, bigger requests), so ask for it by name.
+os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
+try:
+    import mfusepy
+    from mfusepy import FUSE, FuseOSError, Operations
+except OSError as _exc:  # no libfuse at all
+    raise ZipmountError(f"libfuse 3 is missing ({_exc}): install the Debian packages fuse3 and "
+                        "libfuse3-3") from None
+if mfusepy.fuse_version_major != 3:
+    raise ZipmountError(f"libfuse 3 is needed, found {mfusepy.fuse_version_major}."
+                        f"{mfusepy.fuse_version_minor}: install fuse3 and libfuse3-3")
+
 log = logging.getLogger(__name__)
 
 _KIND_BITS = {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "link": stat.S_IFLNK}
+
+# libfuse 3 (fuse_common.h, fuse.h)
+FUSE_CAP_AUTO_INVAL_DATA = 1 << 12
+FUSE_CAP_READDIRPLUS = 1 << 13
+FUSE_CAP_READDIRPLUS_AUTO = 1 << 14
+FUSE_READDIR_PLUS = 1 << 0
+FUSE_FILL_DIR_PLUS = 1 << 1
+# Worker threads per session: many reader processes each wait on their own request (libfuse 3.14.0
+# ignores the option and prints "Ignoring invalid max threads value"; later versions honour it).
+MAX_THREADS = 64
 
 
 def _errno_of(exc: BaseException) -> int:
@@ -78,40 +100,105 @@ def _read_only(*_: Any) -> None:
     raise FuseOSError(errno.EROFS)
 
 
+def _child(path: str, name: str) -> str:
+    return path.rstrip("/") + "/" + name
+
+
+@dataclass
+class _Seen:
+    """What the kernel may hold for one file: attributes of ``attr`` (answered at ``at``), pages
+    of ``pages``."""
+
+    attr: str | None
+    pages: str | None
+    at: float
+
+
 class ZipOperations(Operations):
     """Read-only operations; every write-like call answers EROFS."""
 
-    use_ns = True  # fusepy: times are integer nanoseconds
-
-    def __call__(self, op: str, *args: Any) -> Any:
-        _keep_thread_state()
-        return getattr(self, op)(*args)
+    use_ns = True  # times are integer nanoseconds
+    # Bookkeeping of what the kernel caches is kept for at most this many paths (see ``_note``).
+    max_tracked_paths = 65536
 
     def __init__(self, tree: Tree, stats: Stats, *, uid: int | None = None,
-                 gid: int | None = None, umask: int | None = None) -> None:
+                 gid: int | None = None, umask: int | None = None, ttl: float = 60.0) -> None:
         self.tree = tree
         self.stats = stats
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self.umask = umask or 0
+        self.ttl = ttl
         self._handles: dict[int, MemberReader] = {}
         self._handle_locks: dict[int, threading.Lock] = {}
         self._next_fh = itertools.count(1)
         # Kernel-cache bookkeeping per path (see ``open``): the member version the kernel's
-        # attributes describe, the one whose pages its page cache may hold, and the versions
-        # of the handles open now.
-        self._attr_version: dict[str, str] = {}
-        self._page_version: dict[str, str] = {}
+        # attributes describe and the one whose pages its page cache may hold; the versions
+        # of the handles open now; the listing each directory's cached entries show.
+        self._seen: OrderedDict[str, _Seen] = OrderedDict()
+        self._unsure_until = 0.0  # until then, a path without bookkeeping may have been evicted
         self._open_versions: dict[str, Counter[str]] = {}
+        self._listings: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
+
+    # -- session ----------------------------------------------------------------------------------
+
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        """Kernel-cache timeouts, readdirplus and attribute-driven page invalidation (libfuse 3)."""
+        config.entry_timeout = config.attr_timeout = config.negative_timeout = self.ttl
+        conn.want |= conn.capable & (FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO
+                                     | FUSE_CAP_AUTO_INVAL_DATA)
+        log.debug("libfuse %s.%s: max_read %s, max_readahead %s, max_write %s, want %#x",
+                  mfusepy.fuse_version_major, mfusepy.fuse_version_minor, conn.max_read,
+                  conn.max_readahead, conn.max_write, conn.want)
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+
+    def _note(self, path: str, version: str) -> None:
+        """The kernel now holds attributes of ``version`` for ``path``; prune old bookkeeping.
+
+        An entry older than the attr timeout can go when no handle is open on its path: the
+        kernel asks again (and the answer re-creates it) before it uses those attributes, and
+        an open without an entry drops the old pages. Past ``max_tracked_paths`` the oldest
+        entries go even within the timeout; until that timeout has passed, an open without an
+        entry reads with direct I/O (the kernel may hold attributes of a version we forgot).
+        """
+        now = time.monotonic()
+        with self._lock:
+            seen = self._seen.get(path)
+            if seen is None:
+                self._seen[path] = _Seen(version, None, now)
+            else:
+                seen.attr, seen.at = version, now
+                self._seen.move_to_end(path)
+            self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        while self._seen:
+            path, oldest = next(iter(self._seen.items()))
+            expired = now - oldest.at > self.ttl
+            if not expired and len(self._seen) <= self.max_tracked_paths:
+                return
+            if path in self._open_versions:
+                oldest.at = now
+                self._seen.move_to_end(path)
+                if not expired:
+                    return
+                continue
+            del self._seen[path]
+            if not expired:
+                self._unsure_until = max(self._unsure_until, oldest.at + self.ttl)
+
+    def tracked_paths(self) -> int:
+        """How many paths the kernel-cache bookkeeping holds now (bounded)."""
+        return len(self._seen) + len(self._listings)
 
     # -- metadata -------------------------------------------------------------------------------
 
-    @_translated
-    def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
+    def _attrs(self, path: str) -> dict[str, Any]:
         node = self.tree.stat(path)
         if node.version:
-            self._attr_version[path] = node.version
+            self._note(path, node.version)
         return {
             "st_mode": _KIND_BITS[node.kind] | (node.mode & ~self.umask),
             "st_nlink": node.nlink,
@@ -125,10 +212,39 @@ class ZipOperations(Operations):
         }
 
     @_translated
+    def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
+        return self._attrs(path)
+
+    @_translated
+    def opendir(self, path: str, fi: Any) -> int:
+        """Let the kernel cache the directory's entries; keep them while its listing is unchanged."""
+        listing = hash(tuple(self.tree.listdir(path)))
+        with self._lock:
+            fi.keep_cache = int(self._listings.get(path) == listing)
+            self._listings[path] = listing
+            self._listings.move_to_end(path)
+            while len(self._listings) > self.max_tracked_paths:
+                self._listings.popitem(last=False)  # forgotten: its next open drops the cache
+        fi.cache_readdir = 1
+        return 0
+
+    @_translated
     def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
         dot = {"st_mode": stat.S_IFDIR}
         return [(".", dot, 0), ("..", dot, 0),
                 *((name, {"st_mode": _KIND_BITS[kind]}, 0) for name, kind in self.tree.listdir(path))]
+
+    @_translated
+    def readdir_plus(self, path: str) -> Iterator[tuple[str, dict[str, Any], bool]]:
+        """(name, attributes, complete) of each entry: a READDIRPLUS answers the lookups too."""
+        dot = {"st_mode": stat.S_IFDIR}
+        entries = [(".", dot, False), ("..", dot, False)]
+        for name, kind in self.tree.listdir(path):
+            try:
+                entries.append((name, self._attrs(_child(path, name)), True))
+            except ZipmountError:  # this entry is looked up (and its error told) on its own
+                entries.append((name, {"st_mode": _KIND_BITS[kind]}, False))
+        return iter(entries)
 
     @_translated
     def readlink(self, path: str) -> str:
@@ -162,17 +278,21 @@ class ZipOperations(Operations):
         version = reader.version
         with self._lock:
             others = self._open_versions.setdefault(path, Counter())
-            if self._page_version.get(path) == version:
+            seen = self._seen.get(path)
+            if seen is None:  # never stat'ed, or its bookkeeping was pruned
+                attr = None if time.monotonic() < self._unsure_until else version
+                seen = self._seen[path] = _Seen(attr, None, time.monotonic())
+            if seen.pages == version:
                 fi.keep_cache = 1
-            elif self._attr_version.get(path, version) == version and not any(
-                    v != version for v in others):
-                self._page_version[path] = version  # keep_cache=0: the kernel drops old pages
+            elif seen.attr == version and not any(v != version for v in others):
+                seen.pages = version  # keep_cache=0: the kernel drops old pages
             else:
                 fi.direct_io = 1
             others[version] += 1
             fh = next(self._next_fh)
             self._handles[fh] = reader
             self._handle_locks[fh] = threading.Lock()
+        fi.noflush = 1  # nothing to flush: close(2) needs no FLUSH round trip
         fi.fh = fh
         return 0
 
@@ -228,3 +348,38 @@ class ZipOperations(Operations):
 
     # Left out on purpose: the kernel then stops sending them (one round trip less per close).
     flush = fsync = fsyncdir = None
+
+
+class _Session(FUSE):
+    """mfusepy's FUSE with what it leaves out: ``fuse_file_info`` for opendir (to let the kernel
+    cache directories), readdirplus entries (FUSE_FILL_DIR_PLUS), and a kept thread state."""
+
+    operations: ZipOperations
+
+    def _wrapper(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        _keep_thread_state()
+        return super()._wrapper(func, *args, **kwargs)
+
+    def opendir(self, path: bytes, fip: Any) -> int:
+        return self.operations.opendir(path.decode(self.encoding, self.errors), fip.contents)
+
+    def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any,
+                       flags: int) -> int:
+        if not flags & FUSE_READDIR_PLUS or path is None:
+            return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)
+        decoded = path.decode(self.encoding, self.errors)
+        st = mfusepy.c_stat()
+        for name, attrs, complete in self.operations.readdir_plus(decoded):
+            ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
+            mfusepy.set_st_attrs(st, attrs, use_ns=True)
+            if filler(buf, name.encode(self.encoding, self.errors), st, 0,
+                      FUSE_FILL_DIR_PLUS if complete else 0):
+                break
+        return 0
+
+
+def serve(ops: ZipOperations, mountpoint: str, *, fsname: str, allow_other: bool = False) -> None:
+    """Serve ``ops`` on ``mountpoint`` (read-only) until it is unmounted; raises if mounting fails."""
+    _Session(ops, mountpoint, raw_fi=True, foreground=True, ro=True, fsname=fsname,
+             subtype="zipmount", default_permissions=True, max_threads=MAX_THREADS,
+             **({"allow_other": True} if allow_other else {}))
