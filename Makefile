@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 # zarr-python 3 cannot share an environment with zarr-python 2: its client checks run here.
 $(ZARR3_VENV)/.installed:
 	$(PYTHON) -m venv $(ZARR3_VENV)
-	$(ZARR3_VENV)/bin/pip install $(PIP_FLAGS) 'zarr>=3' numpy
+	$(ZARR3_VENV)/bin/pip install $(PIP_FLAGS) 'zarr>=3' numpy xarray -e .
 	touch $@
 
 venv: $(VENV)/.installed $(ZARR3_VENV)/.installed

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import io
+import json
 import pickle
 import sys
 import threading
@@ -14,13 +16,14 @@ import fsspec
 import numpy as np
 import pytest
 import zarr
+from support.archives import save_expected_npz
 from support.mount import run
 
 from zipmount.cache import MAX_REQUEST
 from zipmount.fsspec_fs import ZipmountFileSystem
 from zipmount.source import Source
 
-REPO = Path(__file__).resolve().parent.parent
+CHECK_ZARR3 = Path(__file__).resolve().parent / "zarr3" / "check_fsspec_zarr3.py"
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +45,28 @@ def zmfs(s3opts, tmp_path):
     return build
 
 
+def _xarray_dataset() -> tuple[bytes, dict[str, np.ndarray]]:
+    """A zarr v2 group as xarray writes one (``_ARRAY_DIMENSIONS``), in a stored zip."""
+    rng = np.random.default_rng(5)
+    arrays = {"time": np.arange(6000) / 256.0,
+              "eeg": rng.normal(0, 40, size=(3, 6000)).astype(np.float32)}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:  # what zarr.ZipStore writes, without a temp file
+        store: dict[str, bytes] = {}
+        root = zarr.group(store=store)
+        for name, dims, chunks in (("time", ["time"], (1024,)), ("eeg", ["channel", "time"], (1, 1024))):
+            # No fill value: xarray would mask the samples equal to it (time 0.0) as NaN.
+            arr = root.create_dataset(name, data=arrays[name], chunks=chunks, fill_value=None)
+            arr.attrs["_ARRAY_DIMENSIONS"] = dims
+        zarr.consolidate_metadata(store)
+        for key, value in sorted(store.items()):
+            zf.writestr(key, bytes(value))
+    return buf.getvalue(), arrays
+
+
 @pytest.fixture(scope="module")
 def odd(s3) -> str:
-    """Bucket `fsspec-odd`: an archive with an encrypted member."""
+    """Bucket `fsspec-odd`: an archive with an encrypted member, an xarray dataset."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("secret.txt", b"?" * 100)
@@ -56,6 +78,7 @@ def odd(s3) -> str:
     data[central + 8] |= 1
     s3.create_bucket("fsspec-odd")
     s3.put_bytes("fsspec-odd", "encrypted.zip", bytes(data))
+    s3.put_bytes("fsspec-odd", "dataset.zip", _xarray_dataset()[0])
     return "fsspec-odd"
 
 
@@ -200,6 +223,41 @@ def test_cat_of_many_chunks_reads_them_concurrently_one_range_each(zmfs, samples
     # bytes fetched are the chunks' own, rounded out to the 64 KiB blocks they touch.
     assert requests <= len(chunks), requests
     assert nbytes <= total + 2 * 64 * 1024 * len(chunks), (nbytes, total)
+
+
+def _zarr3(py: Path, tmp_path: Path, url: str, s3opts: dict, expected, *args: str):
+    options = tmp_path / "options.json"
+    options.write_text(json.dumps({"s3": s3opts, "zipmount": {"cache_dir": str(tmp_path / "c")}}))
+    npz = save_expected_npz(expected, tmp_path / "expected.npz")
+    return run([py, CHECK_ZARR3, url, options, npz, *args], timeout=180)
+
+
+@pytest.mark.parametrize(("key", "which", "fmt"), [("v3/group.zip", "v3", "3"),
+                                                   ("rec/a.rkns", "rkns_a", "2")])
+def test_zarr3_open_group_over_a_chained_url_equals_the_source(zarr3_python, s3opts, samples,
+                                                               tmp_path, key, which, fmt):
+    r = _zarr3(zarr3_python, tmp_path, f"zipmount::s3://data/{key}", s3opts,
+               getattr(samples, which), "--zarr-format", fmt)
+    assert r.rc == 0 and r.stdout.startswith("OK "), r.describe()
+    assert f"zarr_format {fmt}" in r.stdout
+
+
+def test_zarr3_fsspec_check_detects_a_mismatch(zarr3_python, s3opts, samples, tmp_path):
+    """Guard against a check that always passes: wrong expectations must fail."""
+    arrays = dict(samples.v3.arrays)
+    arrays["raw/counts"] = arrays["raw/counts"] + 1
+    wrong = dataclasses.replace(samples.v3, arrays=arrays)
+    r = _zarr3(zarr3_python, tmp_path, "zipmount::s3://data/v3/group.zip", s3opts, wrong,
+               "--zarr-format", "3")
+    assert r.rc == 1 and "raw/counts" in r.stderr, r.describe()
+
+
+def test_xarray_open_zarr_over_a_chained_url_equals_the_source(zarr3_python, s3opts, odd,
+                                                               samples, tmp_path):
+    expected = dataclasses.replace(samples.small_c, arrays=_xarray_dataset()[1], attrs={})
+    r = _zarr3(zarr3_python, tmp_path, f"zipmount::s3://{odd}/dataset.zip", s3opts, expected,
+               "--xarray")
+    assert r.rc == 0 and r.stdout.startswith("OK 2 arrays"), r.describe()
 
 
 # -- the recipe swap, pickling ----------------------------------------------------------------------
