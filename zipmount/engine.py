@@ -56,7 +56,8 @@ class Engine:
         self.storage = storage
         self.settings = cache
         self.stats = stats or Stats()
-        self.cache = BlockCache(cache.memory, self._open_disk(cache), self.stats)
+        self.cache = BlockCache(cache.memory, self._open_disk(cache), self.stats,
+                                timeout=storage.timeout)
         self.indexes = IndexLRU(cache.index_memory)
         self.trees: list[Tree] = []
         self.stats.providers.append(self.gauges)
@@ -68,10 +69,6 @@ class Engine:
         try:
             Path(cfg.dir).mkdir(parents=True, exist_ok=True)
             return DiskTier(Path(cfg.dir), cfg.size)
-        except BlockingIOError:
-            log.warning("cache dir %s is used by another zipmount daemon: "
-                        "this one keeps a memory-only cache", cfg.dir)
-            return None
         except OSError as exc:
             raise ZipmountError(f"cannot use cache dir {cfg.dir}: {exc.strerror}") from None
 

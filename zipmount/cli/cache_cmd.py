@@ -1,9 +1,8 @@
-"""``zipmount cache info|prune|clear``: the disk cache."""
+"""``zipmount cache info|prune|clear``: the disk cache (also while processes are using it)."""
 
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 from ..config import Config, default_cache_dir, load_config, parse_size
@@ -11,7 +10,7 @@ from ..errors import ZipmountError
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from ..cache import DiskTier
+    from ..cache import FileStore, run_blocks
 
     cfg = load_config(args.config) if args.config else Config()
     root = Path(args.cache_dir or cfg.cache.dir or default_cache_dir())
@@ -19,23 +18,24 @@ def cmd_cache(args: argparse.Namespace) -> int:
         raise ZipmountError(f"{root}: no cache there")
     capacity = parse_size(args.cache_size, "--cache-size") if args.cache_size else cfg.cache.size
     try:
-        disk = DiskTier(root, capacity if args.action == "prune" else 2**62)
-    except BlockingIOError:
-        raise ZipmountError(f"{root} is in use by a running zipmount daemon; "
-                            "stop it first") from None
+        store = FileStore(root, capacity if args.action == "prune" else 2**62)
+    except OSError as exc:
+        raise ZipmountError(f"cannot use cache dir {root}: {exc.strerror}") from None
     try:
         if args.action == "clear":
-            shutil.rmtree(disk.files_dir)
-            disk.files_dir.mkdir()
+            store.clear()
             print(f"cleared {root}")
         elif args.action == "prune":
-            disk.prune()
-            print(f"pruned {root} to {disk.used / 2**20:.1f} MiB (cap {capacity / 2**20:.0f} MiB)")
+            store.prune()
+            print(f"pruned {root} to {store.used / 2**20:.1f} MiB (cap {capacity / 2**20:.0f} MiB)")
         else:
-            counts = disk.counts()
-            print(f"cache dir   {root}\nused        {disk.used / 2**20:.1f} MiB\n"
-                  f"blocks      {counts['blocks']}\nindexes     {counts['indexes']}\n"
-                  f"spill files {counts['spills']}")
+            files = store.files()
+            # The names each layer gives its files: the block cache's runs, the archive layer's
+            # indexes and spill files.
+            print(f"cache dir   {root}\nused        {sum(f.size for f in files) / 2**20:.1f} MiB\n"
+                  f"blocks      {sum(run_blocks(f.name) for f in files)}\n"
+                  f"indexes     {sum(f.name.endswith('.index.json') for f in files)}\n"
+                  f"spill files {sum(f.name.endswith('.spill') for f in files)}")
     finally:
-        disk.close()
+        store.close()
     return 0

@@ -1,0 +1,25 @@
+"""Cache layer: blocks of remote objects in a memory tier and in a file store shared by processes.
+
+One :class:`BlockCache` serves every archive of a process. Blocks are keyed by the object's
+identity (location, path, ETag, size), so a replaced object can never be served from old blocks.
+``memory`` holds the memory tier, ``files`` the file store (any layer's named blobs: block runs,
+archive indexes, views, spill files), ``blocks`` the block cache over both.
+
+Why not fsspec's caches: s3fs/fsspec file caches (``readahead``, ``blockcache``, ``bytes``) live in
+one open file object, in memory only, with 5-50 MB blocks; on the zarr-in-zip workload of
+NOTES.md that served 1,349 MB for ~10 MB of chunks and forgot everything on re-read.
+``CachingFileSystem``/``blockcache`` persist whole sparse files with one JSON metadata file rewritten
+per update, have no global size cap or LRU eviction, no per-block checksum, and are not safe for
+several processes writing one directory. What is needed here is small (64 KiB) blocks fetched by
+right-sized range requests, one memory cap for all archives, single flight for concurrent misses,
+and crash-safe, checksummed, size-capped persistence that processes can share.
+"""
+
+from .blocks import BLOCK_SIZE, MAX_REQUEST, BlockCache, CacheClosed, RunFiles, run_blocks
+from .files import FileStore, StoredFile
+from .memory import MemoryTier
+
+DiskTier = FileStore  # the name the other layers import
+
+__all__ = ["BLOCK_SIZE", "MAX_REQUEST", "BlockCache", "CacheClosed", "DiskTier", "FileStore",
+           "MemoryTier", "RunFiles", "StoredFile", "run_blocks"]

@@ -1,0 +1,404 @@
+"""The block cache: blocks of remote objects in memory, then in run files of the file store,
+then fetched with one right-sized request (single flight, parallel pieces, bounded waits).
+
+Run files: each fetched piece (consecutive blocks, at most MAX_REQUEST) is kept as one file with a
+CRC-32 per block. Pieces never cross a *cell* (MAX_REQUEST-aligned group of blocks), and the run
+files of one cell live in one directory of their own, ``<key>.<block size>.<cell>/<first>-<last>.run``,
+so any process finds the runs holding a block by listing a directory of at most a few dozen
+names — which it does again only when that directory's mtime changes. Runs may overlap (two
+processes fetched the same blocks): any run holding a block serves it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import struct
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from ..errors import SourceError, ZipmountError
+from ..stats import Stats
+from .files import FileStore
+from .memory import Buffer, MemoryTier
+
+log = logging.getLogger(__name__)
+
+BLOCK_SIZE = 64 * 1024
+# Bigger requests are split and fetched in parallel (one stream does not saturate a link).
+MAX_REQUEST = 2 * 1024 * 1024
+_RUN_HEADER = struct.Struct("<8sI")  # magic, number of blocks; then (crc32, length) per block
+_RUN_ENTRY = struct.Struct("<II")
+_MAGIC = b"zmrun001"
+_RACY_NS = 100_000_000  # a directory changed this recently may change again within its mtime tick
+_LISTINGS = 16384  # cells whose listing a process remembers
+
+Fetch = Callable[[int, int], Buffer]
+
+
+class CacheClosed(ZipmountError):
+    """The cache was closed while a read waited for it."""
+
+
+class RunFiles:
+    """Run files of blocks in a :class:`FileStore`, found by any process that shares it."""
+
+    def __init__(self, store: FileStore, block_size: int, cell_blocks: int) -> None:
+        self.store = store
+        self.block_size = block_size
+        self.cell_blocks = cell_blocks
+        self._lock = threading.Lock()
+        # (key, cell) -> (directory mtime, or -1 if it was too recent to trust; sorted runs)
+        self._listings: OrderedDict[tuple[str, int], tuple[int, list[tuple[int, int]]]] = OrderedDict()
+
+    def _group(self, key: str, cell: int) -> str:
+        return f"{key}.{self.block_size}.{cell}"
+
+    def runs(self, key: str, cell: int) -> list[tuple[int, int]]:
+        """The (first, last) runs stored for ``cell`` of ``key``, by any process."""
+        try:
+            mtime = os.stat(self.store.path(self._group(key, cell))).st_mtime_ns
+        except OSError:  # none yet (or a transient failure: a miss, nothing deleted)
+            return []
+        with self._lock:
+            known = self._listings.get((key, cell))
+            if known is not None and known[0] == mtime:
+                self._listings.move_to_end((key, cell))
+                return known[1]
+        listing = self.store.listing(self._group(key, cell))
+        if listing is None:
+            return []
+        mtime, names = listing
+        runs = sorted(r for r in map(_parse_run_name, names) if r is not None)
+        if time.time_ns() - mtime < _RACY_NS:
+            mtime = -1
+        with self._lock:
+            self._listings[(key, cell)] = (mtime, runs)
+            if len(self._listings) > _LISTINGS:
+                self._listings.popitem(last=False)
+        return runs
+
+    def _forget(self, key: str, cell: int) -> None:
+        with self._lock:
+            self._listings.pop((key, cell), None)
+
+    def holding(self, key: str, index: int) -> list[tuple[int, int]]:
+        """The runs holding block ``index``."""
+        return [r for r in self.runs(key, index // self.cell_blocks) if r[0] <= index <= r[1]]
+
+    def load(self, key: str, index: int) -> tuple[int, memoryview] | None:
+        """(first block, the blocks) of a run file holding block ``index``; None if none is
+        readable. Only a file proven corrupt (bad header, short, CRC mismatch) is deleted: a
+        transient error (EMFILE, ENOMEM, EINTR...) is a miss that leaves the file in place."""
+        cell = index // self.cell_blocks
+        for first, last in self.holding(key, index):
+            name = f"{self._group(key, cell)}/{first}-{last}.run"
+            try:
+                raw = _read_whole(self.store.path(name))
+            except FileNotFoundError:  # evicted by another process since it was listed
+                self._forget(key, cell)
+                continue
+            except OSError as exc:
+                log.debug("disk cache: cannot read %s now: %s", name, exc)
+                return None
+            blocks = self._check(raw, last - first + 1)
+            if blocks is None:
+                log.warning("disk cache: dropping corrupt file %s", name)
+                self.store.remove(name)
+                self._forget(key, cell)
+                continue
+            self.store.touch(name)
+            return first, blocks
+        return None
+
+    def _check(self, raw: bytearray, count: int) -> memoryview | None:
+        """The payload of run file ``raw`` if its header and every block's CRC are right."""
+        view = memoryview(raw)
+        table = _RUN_HEADER.size + count * _RUN_ENTRY.size
+        if len(raw) < table or _RUN_HEADER.unpack_from(raw) != (_MAGIC, count):
+            return None
+        offset, bs = table, self.block_size
+        for n in range(count):
+            crc, length = _RUN_ENTRY.unpack_from(raw, _RUN_HEADER.size + n * _RUN_ENTRY.size)
+            if length != bs and n != count - 1:
+                return None
+            if offset + length > len(raw) or zlib.crc32(view[offset: offset + length]) != crc:
+                return None
+            offset += length
+        return view[table:offset] if offset == len(raw) else None
+
+    def save(self, key: str, first: int, data: Buffer) -> None:
+        """Store ``data``, the consecutive blocks ``first...`` of ``key`` (within one cell)."""
+        view, bs = memoryview(data).cast("B"), self.block_size
+        count = -(-len(view) // bs)
+        header = _RUN_HEADER.pack(_MAGIC, count) + b"".join(
+            _RUN_ENTRY.pack(zlib.crc32(view[j * bs: (j + 1) * bs]), len(view[j * bs: (j + 1) * bs]))
+            for j in range(count))
+        cell = first // self.cell_blocks
+        name = f"{self._group(key, cell)}/{first}-{first + count - 1}.run"
+        self.store.write(name, [header, view], len(header) + len(view))
+        self._forget(key, cell)
+
+
+class BlockCache:
+    """Blocks of remote objects: memory tier, then run files, then one right-sized request.
+
+    Concurrent misses of the same block in one process cost one request (single flight); a read
+    waiting for another's request gives up after ``timeout`` seconds. Runs of missing blocks are
+    fetched with one request each, split into parallel requests of at most MAX_REQUEST (the
+    first on the reader's own thread). No lock is held across a fetch or a file access.
+    """
+
+    def __init__(self, memory_bytes: int, disk: FileStore | None, stats: Stats,
+                 block_size: int = BLOCK_SIZE, fetch_threads: int = 16, timeout: float = 30.0) -> None:
+        self.block_size = block_size
+        self.cell_blocks = max(1, MAX_REQUEST // block_size)
+        self.memory = MemoryTier(memory_bytes, block_size)
+        self.disk = disk
+        self.runs = RunFiles(disk, block_size, self.cell_blocks) if disk is not None else None
+        self.stats = stats
+        self.timeout = timeout
+        self._inflight: dict[tuple[str, int], Future[memoryview]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        # Pieces of reads never queue behind read-ahead: each has its own threads.
+        self._requests = ThreadPoolExecutor(fetch_threads, thread_name_prefix="zipmount-get")
+        self._ahead = ThreadPoolExecutor(max(2, fetch_threads // 2), thread_name_prefix="zipmount-ahead")
+        # Disk writes happen on one thread of their own, after readers are served; a bounded
+        # queue holds the fetchers back only if the disk falls behind by that many pieces.
+        self._writes: queue.Queue[tuple[str, int, Buffer] | None] = queue.Queue(maxsize=16)
+        self._writer: threading.Thread | None = None
+        if self.runs is not None:
+            self._writer = threading.Thread(target=self._write_runs, name="zipmount-disk", daemon=True)
+            self._writer.start()
+
+    def read(self, key: str, size: int, start: int, end: int, fetch: Fetch) -> bytes:
+        """Bytes ``[start, end)`` of the object ``key`` of ``size`` bytes."""
+        end = min(end, size)
+        if start >= end:
+            return b""
+        deadline = time.monotonic() + self.timeout
+        bs = self.block_size
+        first, last = start // bs, (end - 1) // bs
+        found: dict[int, memoryview] = {}
+        missing = []
+        for i in range(first, last + 1):
+            data = self._lookup(key, i)
+            if data is None:
+                missing.append(i)
+            else:
+                found[i] = data
+        if missing:
+            waits, mine = self._claim(key, missing)
+            pieces = list(_pieces(mine, self.cell_blocks))
+            for piece in pieces[1:]:
+                self._requests.submit(self._fetch_run, key, size, piece, fetch, waits)
+            if pieces:
+                self._fetch_run(key, size, pieces[0], fetch, waits)
+            found.update((i, self._wait(fut, deadline)) for i, fut in waits.items())
+        offset = start - first * bs
+        if first == last:
+            return bytes(found[first][offset: offset + end - start])
+        # One copy: the parts of the first and last block that are wanted, joined.
+        parts = [found[i] for i in range(first, last + 1)]
+        parts[0] = parts[0][offset:]
+        parts[-1] = parts[-1][: end - last * bs]
+        return b"".join(parts)
+
+    def _wait(self, fut: Future[memoryview], deadline: float) -> memoryview:
+        try:
+            return fut.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            raise SourceError(f"no data within {self.timeout:g} s "
+                              "(waiting for a request another read started)") from None
+
+    def prefetch(self, key: str, size: int, start: int, end: int, fetch: Fetch) -> None:
+        """Fetch the uncached blocks of ``[start, end)`` in the background.
+
+        The blocks are claimed (single flight) before this returns, so a read that arrives
+        meanwhile waits for these requests instead of sending its own. Errors are left to reads.
+        """
+        end = min(end, size)
+        if start >= end or self._closed:
+            return
+        bs = self.block_size
+        absent, on_disk = [], []
+        cells: dict[int, list[tuple[int, int]]] = {}
+        for i in range(start // bs, (end - 1) // bs + 1):
+            if self.memory.get(key, i) is not None:
+                continue
+            if self.runs is not None:
+                cell = i // self.cell_blocks
+                if cell not in cells:
+                    cells[cell] = self.runs.runs(key, cell)
+                if any(a <= i <= b for a, b in cells[cell]):
+                    on_disk.append(i)
+                    continue
+            absent.append(i)
+        if on_disk:  # load them into memory ahead of the reader, off its thread
+            self._ahead.submit(self._promote, key, on_disk)
+        if absent:
+            waits, mine = self._claim(key, absent)
+            for piece in _pieces(mine, self.cell_blocks):
+                self._ahead.submit(self._fetch_run, key, size, piece, fetch, waits)
+
+    def _promote(self, key: str, indices: list[int]) -> None:
+        for i in indices:
+            if self.memory.get(key, i) is None:
+                self._lookup(key, i)  # loads the whole run file holding block i
+
+    def _claim(self, key: str, indices: list[int]) -> tuple[dict[int, Future[memoryview]], list[int]]:
+        """Futures for ``indices``; the ones this caller must fetch are returned in ``mine``."""
+        mine: list[int] = []
+        waits: dict[int, Future[memoryview]] = {}
+        with self._lock:
+            for i in indices:
+                fut = self._inflight.get((key, i))
+                if fut is None:
+                    fut = self._inflight[(key, i)] = Future()
+                    if self._closed:
+                        fut.set_exception(CacheClosed("the block cache is closed"))
+                    else:
+                        mine.append(i)
+                waits[i] = fut
+        return waits, mine
+
+    def _lookup(self, key: str, index: int) -> memoryview | None:
+        data = self.memory.get(key, index)
+        if data is not None:
+            self.stats.add("memory_hits")
+            return data
+        self.stats.add("memory_misses")
+        if self.runs is None:
+            return None
+        got = self.runs.load(key, index)
+        if got is None:
+            self.stats.add("disk_misses")
+            return None
+        self.stats.add("disk_hits")
+        first, blocks = got
+        self.memory.put_run(key, first, blocks)  # the whole run file was read: keep all of it
+        offset = (index - first) * self.block_size
+        return blocks[offset: offset + self.block_size]
+
+    def _fetch_run(self, key: str, size: int, run: tuple[int, int], fetch: Fetch,
+                   futures: dict[int, Future[memoryview]]) -> None:
+        first, last = run
+        bs = self.block_size
+        start, end = first * bs, min(size, (last + 1) * bs)
+        # The response arrives in chunks that the client joins into one body: two copies exist
+        # side by side for a moment. The body itself is kept as is (blocks are views of it).
+        self.memory.reserve(2 * (end - start))
+        try:
+            data = fetch(start, end)
+            if len(data) != end - start:
+                raise SourceError(f"asked for {end - start} bytes, received {len(data)}")
+        except BaseException as exc:
+            self.memory.reserve(-2 * (end - start))
+            with self._lock:
+                for i in range(first, last + 1):
+                    self._inflight.pop((key, i), None)
+            for i in range(first, last + 1):
+                _settle(futures[i], exc=exc)
+            return
+        self.memory.put_run(key, first, data)
+        self.memory.reserve(-2 * (end - start))
+        with self._lock:
+            for i in range(first, last + 1):
+                self._inflight.pop((key, i), None)
+        view = memoryview(data).cast("B")
+        for i in range(first, last + 1):
+            _settle(futures[i], view[(i - first) * bs: (i - first + 1) * bs])
+        if self._writer is not None and not self._closed:
+            try:
+                self._writes.put((key, first, data), timeout=self.timeout)
+            except queue.Full:
+                log.warning("disk cache: writes fell %g s behind; a piece is not kept", self.timeout)
+
+    def _write_runs(self) -> None:
+        while (item := self._writes.get()) is not None:
+            try:
+                self.runs.save(*item)  # type: ignore[union-attr]
+            except OSError as exc:
+                log.warning("disk cache write failed: %s", exc)
+
+    def close(self) -> None:
+        """Stop: every waiting read fails with :class:`CacheClosed`; queued disk writes finish."""
+        with self._lock:
+            self._closed = True
+            waiting = list(self._inflight.values())
+            self._inflight.clear()
+        for fut in waiting:
+            _settle(fut, exc=CacheClosed("the block cache is closed"))
+        self._requests.shutdown(wait=False, cancel_futures=True)
+        self._ahead.shutdown(wait=False, cancel_futures=True)
+        if self._writer is not None:
+            self._writes.put(None)
+            self._writer.join(self.timeout)
+            if self._writer.is_alive():
+                log.warning("disk cache: writes still running at close")
+                return  # the store stays open for them
+        if self.disk is not None:
+            self.disk.close()
+
+
+def _settle(fut: Future[memoryview], result: memoryview | None = None,
+            exc: BaseException | None = None) -> None:
+    """Complete ``fut`` unless close() already failed it."""
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)  # type: ignore[arg-type]
+    except InvalidStateError:
+        pass
+
+
+def _read_whole(path: os.PathLike[str] | str) -> bytearray:
+    """The whole file, read into one buffer (no copy per block)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        buf = bytearray(os.fstat(fd).st_size)
+        view, got = memoryview(buf), 0
+        while got < len(buf):
+            n = os.readv(fd, [view[got:]])
+            if n == 0:
+                break
+            got += n
+        return buf if got == len(buf) else buf[:got]
+    finally:
+        os.close(fd)
+
+
+def _parse_run_name(name: str) -> tuple[int, int] | None:
+    span, dot, ext = name.partition(".")
+    first, dash, last = span.partition("-")
+    if ext != "run" or not dash or not first.isdigit() or not last.isdigit():
+        return None
+    return int(first), int(last)
+
+
+def run_blocks(name: str) -> int:
+    """How many blocks the run file ``name`` (as :meth:`FileStore.files` names it) holds; 0 if
+    it is no run file."""
+    run = _parse_run_name(name.rpartition("/")[2])
+    return run[1] - run[0] + 1 if run else 0
+
+
+def _pieces(indices: list[int], cell: int) -> Iterator[tuple[int, int]]:
+    """Contiguous runs (first, last) of sorted ``indices``, none crossing a multiple of ``cell``."""
+    if not indices:
+        return
+    first = prev = indices[0]
+    for i in indices[1:]:
+        if i != prev + 1 or i % cell == 0:
+            yield first, prev
+            first = i
+        prev = i
+    yield first, prev

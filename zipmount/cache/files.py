@@ -1,0 +1,272 @@
+"""The file store: named blobs under one cache directory, shared by every process on the node.
+
+Any layer keeps files here by name (``<name[:2]>/<name>``; a name may hold one ``/`` to group
+files in a directory of their own). The store knows nothing of what the names mean: it writes
+atomically, keeps the total under a size cap and evicts the least recently used files first.
+
+Sharing one directory between processes (daemons, notebooks, DataLoader or Dask workers):
+
+- A file appears only complete: it is written to ``.tmp.<bytes>.<pid>...`` beside its name, then
+  renamed. A reader that opens a name sees a whole file or none; one that finds it gone
+  (evicted by another process meanwhile) treats that as a miss.
+- Recency is the file's mtime (set on every hit), so every process sees every other's hits.
+- The total is kept in ``ledger`` (bytes used, time of the last scan), updated under ``flock``
+  in short critical sections, never across I/O of a blob. A writer reserves its size there
+  before writing; when the total would pass the cap, the writer holding the lock scans the
+  directory (the true total) and deletes the oldest files until the total is 10% under the
+  cap, so a scan is paid once per tenth of the cap written. A scan also runs every few
+  minutes, correcting drift (a process killed between reserving and writing).
+- A writer holds ``flock`` on its temporary file: a scan deletes only unlocked temporary files
+  older than a few seconds (left by a killed process) and counts the others at the size their
+  name announces. The kernel drops a dead process's locks, so a crash never blocks the rest.
+
+How tight the cap is: files written by others between two of their reservations and the
+creation of their temporary files (a few system calls) are not seen by a scan; every other
+byte is, so the total exceeds the cap by at most the writes in that window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import itertools
+import logging
+import os
+import struct
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_LEDGER = struct.Struct("<qd")  # bytes used, time.time() of the last scan
+RESCAN_INTERVAL = 300.0
+_TMP = ".tmp."
+_DEAD_TMP_AGE = 10.0  # an unlocked temporary file this old belongs to a killed writer
+_LOW_WATER = 0.9  # an eviction frees down to this fraction of the cap
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """One file of the store: its name, size and last use (mtime, ns)."""
+
+    name: str
+    size: int
+    used_ns: int
+
+
+class FileStore:
+    """Named files under ``root/files`` with a total size cap, shared by processes (see module)."""
+
+    def __init__(self, root: Path, capacity: int) -> None:
+        self.root = root
+        self.capacity = capacity
+        self.files_dir = root / "files"
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        self._ledger_fd = os.open(root / "ledger", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._lock = threading.Lock()  # flock is per open file: threads need their own lock
+        self._tmp_ids = itertools.count()
+        with self._ledger() as (used, scanned):
+            # A restart with a smaller size must not keep more than it allows.
+            if used < 0 or used > capacity or time.time() - scanned > RESCAN_INTERVAL:
+                self._set_ledger(self._scan_and_evict(capacity, 0))
+
+    # --- naming and reading -------------------------------------------------------------
+    def path(self, name: str) -> Path:
+        """Where ``name`` lives (it may not exist, or vanish at any moment)."""
+        return self.files_dir / name[:2] / name
+
+    def touch(self, name: str) -> bool:
+        """Mark ``name`` as just used; False if it is not stored."""
+        try:
+            os.utime(self.path(name))
+            return True
+        except OSError:
+            return False
+
+    def listing(self, group: str) -> tuple[int, list[str]] | None:
+        """(mtime in ns, names) of the directory ``group`` holding names ``group/...``; None if
+        it does not exist. The mtime changes whenever a file is added or removed there."""
+        where = self.path(group)
+        try:
+            st = os.stat(where)
+            names = [e.name for e in os.scandir(where) if not e.name.startswith(_TMP)]
+        except FileNotFoundError:
+            return None
+        return st.st_mtime_ns, names
+
+    # --- writing -------------------------------------------------------------------------
+    def write(self, name: str, chunks: Iterable[bytes | memoryview], size: int | None = None) -> None:
+        """Write ``name`` atomically from ``chunks`` (``size``: at most that many bytes in all).
+
+        With ``size``, room is made (least recently used files deleted) before the first byte is
+        written, so the files add up to no more than the capacity, not even while one is being
+        written.
+        """
+        reserve = size or 0
+        if reserve > self.capacity:
+            raise OSError(errno.EFBIG, f"{size} bytes do not fit a disk cache of {self.capacity}")
+        self._add(reserve, reserving=True)
+        target = self.path(name)
+        tmp = target.parent / f"{_TMP}{reserve}.{os.getpid()}.{threading.get_ident()}.{next(self._tmp_ids)}"
+        written = replaced = 0
+        try:
+            fd = self._create(tmp)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # "being written": scans leave it alone
+                for chunk in chunks:
+                    view = memoryview(chunk).cast("B")
+                    written += len(view)
+                    if size is not None and written > size:
+                        raise OSError(errno.EFBIG, f"{name}: more than the {size} bytes announced")
+                    while view:
+                        view = view[os.write(fd, view):]
+                with contextlib.suppress(FileNotFoundError):
+                    replaced = os.stat(target).st_size
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            finally:
+                os.close(fd)
+        except BaseException:
+            self._add(-reserve)
+            raise
+        self._add(written - reserve - replaced)
+
+    def _create(self, tmp: Path) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        for _ in range(3):  # another process may remove an empty directory between the two
+            try:
+                return os.open(tmp, flags, 0o600)
+            except FileNotFoundError:
+                tmp.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(tmp, flags, 0o600)
+
+    def remove(self, name: str) -> None:
+        """Delete ``name`` (nothing if it is already gone)."""
+        path = self.path(name)
+        try:
+            size = os.stat(path).st_size
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        self._add(-size)
+        self._rmdir_empty(path.parent)
+
+    # --- the shared total ----------------------------------------------------------------
+    @property
+    def used(self) -> int:
+        """Bytes stored by every process (as of the ledger; exact after a scan)."""
+        raw = os.pread(self._ledger_fd, _LEDGER.size, 0)
+        return max(0, _LEDGER.unpack(raw)[0]) if len(raw) == _LEDGER.size else 0
+
+    @contextlib.contextmanager
+    def _ledger(self) -> Iterator[tuple[int, float]]:
+        with self._lock:
+            fcntl.flock(self._ledger_fd, fcntl.LOCK_EX)
+            try:
+                raw = os.pread(self._ledger_fd, _LEDGER.size, 0)
+                yield _LEDGER.unpack(raw) if len(raw) == _LEDGER.size else (-1, 0.0)
+            finally:
+                fcntl.flock(self._ledger_fd, fcntl.LOCK_UN)
+
+    def _set_ledger(self, used: int) -> None:
+        os.pwrite(self._ledger_fd, _LEDGER.pack(used, time.time()), 0)
+
+    def _add(self, delta: int, reserving: bool = False) -> None:
+        """Add ``delta`` bytes to the total (``reserving``: for a file not yet created); scan and
+        evict if it passes the cap or is stale."""
+        with self._ledger() as (used, scanned):
+            used += delta
+            if used < 0 or (delta > 0 and used > self.capacity) \
+                    or time.time() - scanned > RESCAN_INTERVAL:
+                self._set_ledger(self._scan_and_evict(self.capacity, delta if reserving else 0))
+            else:
+                os.pwrite(self._ledger_fd, struct.pack("<q", used), 0)
+
+    def prune(self, capacity: int | None = None) -> None:
+        """Evict least recently used files until the store fits ``capacity`` (default: its own)."""
+        with self._ledger():
+            self._set_ledger(self._scan_and_evict(self.capacity if capacity is None else capacity,
+                                                  0, low_water=1.0))
+
+    def clear(self) -> None:
+        """Delete every file (files being written by live processes land afterwards)."""
+        self.prune(0)
+
+    def files(self) -> list[StoredFile]:
+        """Every stored file, as of now."""
+        return [f for f, _ in self._walk()[0]]
+
+    def _walk(self) -> tuple[list[tuple[StoredFile, str]], int]:
+        """Stored files (with their paths) and the bytes reserved by live writers; deletes the
+        temporary files of dead ones."""
+        found, reserved = [], 0
+        now = time.time()
+        for dirpath, _, names in os.walk(self.files_dir):
+            for base in names:
+                path = os.path.join(dirpath, base)
+                try:
+                    st = os.stat(path)
+                except FileNotFoundError:
+                    continue
+                if base.startswith(_TMP):
+                    if now - st.st_mtime > _DEAD_TMP_AGE and not _locked(path):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(path)
+                    else:
+                        reserved += max(st.st_size, _announced(base))
+                    continue
+                name = os.path.relpath(path, self.files_dir).split(os.sep, 1)[-1]
+                found.append((StoredFile(name, st.st_size, st.st_mtime_ns), path))
+        return found, reserved
+
+    def _scan_and_evict(self, capacity: int, pending: int, low_water: float = _LOW_WATER) -> int:
+        """The true total (``pending``: bytes about to be written by the caller), after deleting
+        the least recently used files if it is over ``capacity``. Called under the ledger lock."""
+        found, reserved = self._walk()
+        total = sum(f.size for f, _ in found) + reserved + pending
+        if total > capacity:
+            goal = int(capacity * low_water)
+            for f, path in sorted(found, key=lambda fp: fp[0].used_ns):
+                if total <= goal:
+                    break
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    total -= f.size
+                    self._rmdir_empty(Path(path).parent)
+        return total
+
+    def _rmdir_empty(self, directory: Path) -> None:
+        if directory.parent != self.files_dir and directory != self.files_dir:
+            with contextlib.suppress(OSError):  # not empty: still in use
+                directory.rmdir()
+
+    def close(self) -> None:
+        os.close(self._ledger_fd)
+
+
+def _announced(base: str) -> int:
+    with contextlib.suppress(ValueError, IndexError):
+        return int(base[len(_TMP):].split(".", 1)[0])
+    return 0
+
+
+def _locked(path: str) -> bool:
+    """Whether a live writer holds ``path`` (its flock)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
