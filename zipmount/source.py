@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import ObjectChanged, ObjectNotFound, SourceError, ZipmountError
@@ -194,19 +194,13 @@ class Source:
 
     async def _s3_get(self, obj: ObjectInfo, start: int, end: int) -> bytes:
         bucket, key, version = self.fs.split_path(obj.path)
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Range": f"bytes={start}-{end - 1}"}
-        if obj.etag and obj.etag.startswith('"'):
-            kwargs["IfMatch"] = obj.etag
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Range": f"bytes={start}-{end - 1}",
+                                  **pin_conditions(obj)}
         if version:
             kwargs["VersionId"] = version
         resp = await self.fs._call_s3("get_object", **kwargs)
         try:
-            etag = resp.get("ETag")
-            if "IfMatch" in kwargs and etag and etag != obj.etag:
-                # A store (or cache in between) that ignores If-Match: the bytes are another
-                # version's, and must not be mixed with this one's.
-                raise ObjectChanged(f"read {obj.path}: the object changed on the server "
-                                    f"(ETag {etag}, serving {obj.etag})")
+            check_answer(obj, resp)
             return await resp["Body"].read()
         finally:
             resp["Body"].close()
@@ -293,6 +287,48 @@ def _s3_filesystem(options: StorageOptions) -> fsspec.AbstractFileSystem:
     fs = s3fs.S3FileSystem(**kwargs)
     fs.retries = 1  # s3fs's own retry loop: off, Source._call retries inside one deadline
     return fs
+
+
+def pin_conditions(obj: ObjectInfo) -> dict[str, Any]:
+    """The conditions a range GET carries so that it is answered from version ``obj`` only.
+
+    A strong ETag is sent as ``If-Match`` (quoted if the store listed it without quotes). A weak
+    ETag cannot be (If-Match compares strongly: every read would fail), and a store without
+    ETags has none: then ``If-Unmodified-Since`` the object's mtime, and :func:`check_answer`
+    compares the answer's ETag, Last-Modified and total size with the pinned ones.
+    """
+    tag = obj.etag
+    if tag and not tag.startswith(("W/", "mtime:")):
+        return {"IfMatch": tag if tag.startswith('"') else f'"{tag}"'}
+    if obj.mtime > 0:
+        return {"IfUnmodifiedSince": datetime.fromtimestamp(obj.mtime, tz=timezone.utc)}
+    return {}
+
+
+def _bare_etag(tag: str) -> str:
+    return tag.removeprefix("W/").strip('"')
+
+
+def check_answer(obj: ObjectInfo, resp: dict[str, Any]) -> None:
+    """Raise ObjectChanged unless a GET's answer comes from version ``obj``.
+
+    Catches a store (or a cache in between) that ignores the conditions: the bytes would be
+    another version's and must never be mixed with this one's.
+    """
+    etag = resp.get("ETag")
+    pinned = obj.etag if not obj.etag.startswith("mtime:") else ""
+    changed = ""
+    if pinned and etag and _bare_etag(etag) != _bare_etag(pinned):
+        changed = f"ETag {etag}, serving {obj.etag}"
+    total = str(resp.get("ContentRange") or "").rpartition("/")[2]
+    if not changed and total.isdigit() and int(total) != obj.size:
+        changed = f"{total} bytes, serving {obj.size}"
+    modified = resp.get("LastModified")
+    if not changed and not pinned and isinstance(modified, datetime) and obj.mtime > 0 and \
+            int(modified.timestamp()) != int(obj.mtime):
+        changed = f"modified {modified.isoformat()}, serving the version of {obj.mtime:.0f}"
+    if changed:
+        raise ObjectChanged(f"read {obj.path}: the object changed on the server ({changed})")
 
 
 def _object_info(path: str, info: dict[str, Any]) -> ObjectInfo:

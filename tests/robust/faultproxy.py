@@ -19,7 +19,9 @@ the proxy only ever listens on 127.0.0.1 and :meth:`FaultProxy.stop` ends every 
 from __future__ import annotations
 
 import contextlib
+import html
 import http.client
+import re
 import socket
 import ssl
 import struct
@@ -178,6 +180,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(Status(502, "BadGateway", "upstream unreachable"))
             return
         req.status = status
+        headers, data = proxy._restyle_etags(headers, data)
         out_headers = [(k, v) for k, v in headers
                        if k.lower() not in ("transfer-encoding", "connection", "content-length",
                                             "keep-alive")]
@@ -243,6 +246,8 @@ class FaultProxy:
     tls_failures: int = 0
     # request headers not forwarded (lower case), e.g. {"if-match"}: a server that ignores them
     drop_headers: set[str] = field(default_factory=set)
+    # how the store shows ETags: None as upstream, "unquoted", "weak" (W/"..."), or "none"
+    etag_style: str | None = None
     rule: Rule | None = None
     requests: list[Request] = field(default_factory=list)
     _server: _Server | None = None
@@ -321,6 +326,32 @@ class FaultProxy:
     def log(self, match: Callable[[Request], bool] = lambda r: True) -> list[Request]:
         with self._lock:
             return [r for r in self.requests if match(r)]
+
+    def _restyle_etags(self, headers: list[tuple[str, str]], data: bytes,
+                       ) -> tuple[list[tuple[str, str]], bytes]:
+        """Show the answer's ETags (header and listing XML) as ``etag_style`` says."""
+        style = self.etag_style
+        if style is None:
+            return headers, data
+
+        def restyle(tag: str) -> str | None:
+            bare = tag.strip('"')
+            return {"unquoted": bare, "weak": f'W/"{bare}"', "none": None}[style]
+
+        out = []
+        for k, v in headers:
+            if k.lower() == "etag":
+                v = restyle(v)
+                if v is None:
+                    continue
+            out.append((k, v))
+        if b"<ETag>" in data:
+            def xml(m: re.Match[bytes]) -> bytes:
+                tag = restyle(html.unescape(m.group(1).decode()))
+                return b"" if tag is None else f"<ETag>{html.escape(tag)}</ETag>".encode()
+
+            data = re.sub(rb"<ETag>(.*?)</ETag>", xml, data)
+        return out, data
 
     def _decide(self, req: Request) -> Action | None:
         with self._lock:
