@@ -235,16 +235,20 @@ class ZipOperations(Operations):
                 *((name, {"st_mode": _KIND_BITS[kind]}, 0) for name, kind in self.tree.listdir(path))]
 
     @_translated
-    def readdir_plus(self, path: str) -> Iterator[tuple[str, dict[str, Any], bool]]:
-        """(name, attributes, complete) of each entry: a READDIRPLUS answers the lookups too."""
+    def readdir_plus(self, path: str, offset: int) -> Iterator[tuple[str, dict[str, Any], bool]]:
+        """(name, attributes, complete) of the entries from index ``offset`` on (``.`` and ``..``
+        first, as in ``readdir``): a READDIRPLUS answers the lookups of its entries too."""
         dot = {"st_mode": stat.S_IFDIR}
-        entries = [(".", dot, False), ("..", dot, False)]
-        for name, kind in self.tree.listdir(path):
+        entries = [(".", "dir"), ("..", "dir"), *self.tree.listdir(path)]
+        for index in range(offset, len(entries)):
+            name, kind = entries[index]
+            if index < 2:
+                yield name, dot, False
+                continue
             try:
-                entries.append((name, self._attrs(_child(path, name)), True))
-            except ZipmountError:  # this entry is looked up (and its error told) on its own
-                entries.append((name, {"st_mode": _KIND_BITS[kind]}, False))
-        return iter(entries)
+                yield name, self._attrs(_child(path, name)), True
+            except ZipmountError:  # looked up (and its error told) on its own
+                yield name, {"st_mode": _KIND_BITS[kind]}, False
 
     @_translated
     def readlink(self, path: str) -> str:
@@ -367,14 +371,16 @@ class _Session(FUSE):
                        flags: int) -> int:
         if not flags & FUSE_READDIR_PLUS or path is None:
             return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)
-        decoded = path.decode(self.encoding, self.errors)
+        # Each entry with its own offset: libfuse 3.14 sends entries filled with offset 0 from a
+        # list that drops their attributes (and the node id the kernel needs to keep them).
         st = mfusepy.c_stat()
-        for name, attrs, complete in self.operations.readdir_plus(decoded):
+        entries = self.operations.readdir_plus(path.decode(self.encoding, self.errors), offset)
+        for index, (name, attrs, complete) in enumerate(entries, start=offset + 1):
             ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
             mfusepy.set_st_attrs(st, attrs, use_ns=True)
-            if filler(buf, name.encode(self.encoding, self.errors), st, 0,
+            if filler(buf, name.encode(self.encoding, self.errors), st, index,
                       FUSE_FILL_DIR_PLUS if complete else 0):
-                break
+                break  # the reply is full; the kernel asks again from the last offset sent
         return 0
 
 
