@@ -9,6 +9,7 @@ import json
 import pickle
 import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -350,3 +351,49 @@ def test_writes_are_refused_as_read_only(zmfs, samples):
             call()
         assert info.value.errno == errno.EROFS
     assert fs.cat_file(name) == samples.stored.files[name]
+
+
+def _stored_zip(seed: int) -> tuple[bytes, dict[str, bytes]]:
+    rng = np.random.default_rng(seed)
+    files = {name: rng.bytes(2**20) for name in ("a.bin", "b.bin")}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue(), files
+
+
+def test_a_replaced_object_fails_reads_as_stale_never_mixing_versions(s3, odd, zmfs):
+    old, old_files = _stored_zip(1)
+    new, new_files = _stored_zip(2)
+    assert len(old) == len(new)  # same layout: only the ETag tells the versions apart
+    s3.put_bytes(odd, "changing.zip", old)
+    fs = zmfs(f"s3://{odd}/changing.zip")
+    assert fs.cat_file("a.bin", 0, 1000) == old_files["a.bin"][:1000]
+    s3.put_bytes(odd, "changing.zip", new)
+    with pytest.raises(OSError) as info:
+        fs.cat_file("b.bin", 2**19, 2**19 + 1000)
+    assert info.value.errno == errno.ESTALE
+    # The failed read made the archive revalidate (in the background): the new version shows.
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            got = fs.cat_file("b.bin")
+        except OSError as exc:
+            assert exc.errno == errno.ESTALE
+            got = None
+        if got is not None:
+            assert got == new_files["b.bin"]
+            break
+        assert time.monotonic() < deadline, "the new version never showed"
+        time.sleep(0.2)
+    assert fs.cat_file("a.bin") == new_files["a.bin"]
+
+
+def test_filesystems_of_one_cache_dir_share_one_engine_and_memory_cap(zmfs, tmp_path):
+    one = zmfs("s3://data/single/stored.zip", memory="64MiB")
+    two = zmfs("s3://data/rec/", memory="128MiB")
+    other = zmfs("s3://data/single/stored.zip", cache_dir=str(tmp_path / "elsewhere"))
+    cache = one.tree.slot.reach.cache
+    assert two.tree.reach.cache is cache and other.tree.slot.reach.cache is not cache
+    assert cache.memory.capacity == 64 * 2**20
