@@ -90,12 +90,13 @@ class Entry(NamedTuple):
 
 # -- the compact table --------------------------------------------------------------------------
 
-# Entry fields stored as array columns (typecode each); kind, name and target are kept apart.
-_COLUMNS = (("size", "q"), ("mtime_ns", "q"), ("mode", "I"), ("compress_size", "q"),
-            ("method", "H"), ("header_offset", "q"), ("crc", "I"), ("flags", "H"),
-            ("raw_name_len", "H"), ("extra_len", "H"), ("nlink", "I"))
+# Entry fields stored as array columns; name, kind and target are kept apart.
+_FIELDS = ("size", "mtime_ns", "mode", "compress_size", "method", "header_offset", "crc", "flags",
+           "raw_name_len", "extra_len", "nlink")
+_CODES = "qqIqHqIHHHI"
+_I64 = (-(2**63), 2**63 - 1)
 _KINDS = ("file", "dir", "link")
-_KIND_CODE = {k: i for i, k in enumerate(_KINDS)}
+_FILE, _DIR, _LINK = range(3)
 
 
 def _key(name: str) -> str:
@@ -114,22 +115,13 @@ class EntryTable(Mapping[str, Entry]):
     """Entries by cleaned path, held as sorted keys plus array columns (~100 bytes + the name per
     entry instead of ~500 for a dict of named tuples); an :class:`Entry` is built on lookup."""
 
-    def __init__(self, keys: list[str], kinds: bytearray | bytes, columns: dict[str, array],
+    def __init__(self, keys: list[str], kinds: bytes, columns: list[array],
                  targets: dict[int, str]) -> None:
         self._keys = keys
-        self._kinds = bytes(kinds)
-        self._columns = [columns[name] for name, _ in _COLUMNS]
+        self._kinds = kinds
+        self._columns = columns
         self._targets = targets
         self.children = Children(self)
-
-    @classmethod
-    def from_entries(cls, entries: Iterable[Entry]) -> EntryTable:
-        """A table of ``entries`` (names unique, implied directories present)."""
-        rows = sorted(((_key(e.name), e) for e in entries), key=lambda r: r[0])
-        columns = {name: array(code, [getattr(e, name) for _, e in rows]) for name, code in _COLUMNS}
-        targets = {i: e.target for i, (_, e) in enumerate(rows) if e.target}
-        return cls([k for k, _ in rows], bytes(_KIND_CODE[e.kind] for _, e in rows), columns,
-                   targets)
 
     def _index(self, name: str) -> int:
         key = _key(name)
@@ -161,7 +153,7 @@ class EntryTable(Mapping[str, Entry]):
 
     def is_dir(self, name: str) -> bool:
         i = self._index(name)
-        return i >= 0 and self._kinds[i] == 1
+        return i >= 0 and self._kinds[i] == _DIR
 
     def child_names(self, name: str) -> list[str]:
         """Base names of the entries in directory ``name`` (sorted)."""
@@ -172,22 +164,26 @@ class EntryTable(Mapping[str, Entry]):
         return [k[cut:] for k in self._keys[lo:hi]]
 
     def dir_names(self) -> Iterator[str]:
-        return (_name(k) for k, kind in zip(self._keys, self._kinds, strict=True) if kind == 1)
+        return (_name(k) for k, kind in zip(self._keys, self._kinds, strict=True) if kind == _DIR)
+
+    def dir_count(self) -> int:
+        return self._kinds.count(_DIR)
 
     def to_doc(self) -> dict[str, Any]:
-        columns = zip(_COLUMNS, self._columns, strict=True)
+        columns = zip(_FIELDS, self._columns, strict=True)
         return {"version": INDEX_VERSION, "keys": self._keys, "kinds": self._kinds.hex(),
-                "columns": {name: col.tolist() for (name, _), col in columns},
+                "columns": {name: col.tolist() for name, col in columns},
                 "targets": {str(i): t for i, t in self._targets.items()}}
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> EntryTable:
         keys = doc["keys"]
-        columns = {name: array(code, doc["columns"][name]) for name, code in _COLUMNS}
+        columns = [array(code, doc["columns"][name]) for name, code in zip(_FIELDS, _CODES,
+                                                                            strict=True)]
         kinds = bytes.fromhex(doc["kinds"])
-        if not all(len(col) == len(keys) for col in columns.values()) or len(kinds) != len(keys):
+        if not all(len(col) == len(keys) for col in columns) or len(kinds) != len(keys):
             raise ValueError("columns of different lengths")
-        if not all(isinstance(k, str) for k in keys) or any(k > 2 for k in kinds):
+        if not all(isinstance(k, str) for k in keys) or any(k > _LINK for k in kinds):
             raise ValueError("bad keys or kinds")
         return cls(keys, kinds, columns, {int(i): str(t) for i, t in doc["targets"].items()})
 
@@ -211,29 +207,59 @@ class Children(Mapping[str, list[str]]):
         yield from self._table.dir_names()
 
     def __len__(self) -> int:
-        return 1 + self._table._kinds.count(1)
+        return 1 + self._table.dir_count()
+
+
+class _Rows:
+    """Entries under construction, column by column (no object per entry but its name)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.kinds = bytearray()
+        self.columns = [array(code) for code in _CODES]
+        self.targets: dict[int, str] = {}
+
+    def append(self, name: str, kind: int, values: Iterable[int], target: str = "") -> int:
+        """Add a row (``values`` in :data:`_FIELDS` order, 64-bit ones clamped); its index."""
+        i = len(self.names)
+        self.names.append(name)
+        self.kinds.append(kind)
+        for col, value in zip(self.columns, values, strict=True):
+            if col.typecode == "q":
+                value = min(max(value, _I64[0]), _I64[1])
+            col.append(value)
+        if target:
+            self.targets[i] = target
+        return i
+
+    def values(self, i: int) -> list[int]:
+        return [col[i] for col in self.columns]
 
 
 # -- the central directory ----------------------------------------------------------------------
 
 
-class _Record(NamedTuple):
-    """One central directory record, reduced to what the index needs."""
+class _Records:
+    """The central directory's records, reduced to what the index needs, as columns."""
 
-    raw_name: bytes
-    utf8: bool
-    create_system: int
-    flags: int
-    method: int
-    dos_time: int
-    dos_date: int
-    crc: int
-    compress_size: int
-    file_size: int
-    header_offset: int
-    external_attr: int
-    extra_len: int
-    info: extras.Extra
+    def __init__(self) -> None:
+        self.raw_names: list[bytes] = []
+        self.create_system = array("B")
+        self.flags = array("H")
+        self.method = array("H")
+        self.dos = array("I")  # date << 16 | time
+        self.crc = array("I")
+        self.compress_size = array("Q")
+        self.file_size = array("Q")
+        self.header_offset = array("q")
+        self.external_attr = array("I")
+        self.extra_len = array("H")
+        self.unicode_path: dict[int, str] = {}
+        self.mtime_ns: dict[int, int] = {}
+        self.unix_data: dict[int, bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self.raw_names)
 
 
 def read_central_directory(file: IO[bytes], size: int, name: str) -> EntryTable:
@@ -241,13 +267,16 @@ def read_central_directory(file: IO[bytes], size: int, name: str) -> EntryTable:
     errors and logs) into the cleaned, resolved index."""
     if size < _END.size:
         raise ArchiveError(f"{name}: not a zip archive ({size} bytes)")
-    start, cd_size, count = _locate(file, size, name)
-    records = _records(file, start, cd_size, name)
-    return build_tree(_entries(records, start, name), archive=name)[0]
+    start, cd_size, concat = _locate(file, size, name)
+    records = _records(file, start, cd_size, concat, name)
+    rows = _rows(records, start, name)
+    del records  # before the table is built: the peak is one of the two, not both
+    return _build(rows, name)
 
 
 def _locate(file: IO[bytes], size: int, name: str) -> tuple[int, int, int]:
-    """Where the central directory starts, its size and entry count, from the end records."""
+    """Where the central directory starts, its size, and the bytes prepended to the archive
+    (self-extractors: local header offsets are relative to the archive's own start)."""
     tail_len = min(size, _END.size + 0xFFFF)
     file.seek(size - tail_len)
     tail = file.read(tail_len)
@@ -256,10 +285,11 @@ def _locate(file: IO[bytes], size: int, name: str) -> tuple[int, int, int]:
         raise ArchiveError(f"{name}: not a zip archive (no end of central directory record)")
     _, _, _, _, count, cd_size, cd_offset, _ = _END.unpack_from(tail, pos)
     end_at = size - tail_len + pos
-    concat = end_at - cd_size - cd_offset  # bytes prepended to the archive (self-extractors)
+    concat = end_at - cd_size - cd_offset
     if pos >= _END64_LOCATOR.size:
         sig, *_ = _END64_LOCATOR.unpack_from(tail, pos - _END64_LOCATOR.size)
         if sig == b"PK\x06\x07":
+            # As zipfile does: the zip64 end record sits just before its locator.
             at = end_at - _END64_LOCATOR.size - _END64.size
             if at < 0:
                 raise ArchiveError(f"{name}: not a readable zip archive (truncated zip64 end record)")
@@ -275,13 +305,13 @@ def _locate(file: IO[bytes], size: int, name: str) -> tuple[int, int, int]:
     start = cd_offset + concat
     if start < 0 or start + cd_size > size:
         raise ArchiveError(f"{name}: not a readable zip archive (central directory outside the file)")
-    return start, cd_size, count
+    return start, cd_size, concat
 
 
-def _records(file: IO[bytes], start: int, cd_size: int, name: str) -> list[_Record]:
+def _records(file: IO[bytes], start: int, cd_size: int, concat: int, name: str) -> _Records:
     """The records of the central directory, read in pieces (peak memory: one piece plus the
     reduced records)."""
-    records: list[_Record] = []
+    out = _Records()
     file.seek(start)
     buf, pos, unread = b"", 0, cd_size
 
@@ -297,7 +327,8 @@ def _records(file: IO[bytes], start: int, cd_size: int, name: str) -> list[_Reco
             raise ArchiveError(f"{name}: not a readable zip archive (truncated central directory)")
 
     while unread > 0 or pos < len(buf):
-        if len(records) >= MAX_ENTRIES:
+        i = len(out)
+        if i >= MAX_ENTRIES:
             raise ArchiveError(f"{name}: more than {MAX_ENTRIES} entries")
         need(_CENTRAL.size)
         (sig, _, create_system, _, _, flags, method, dos_time, dos_date, crc, compress_size,
@@ -305,89 +336,90 @@ def _records(file: IO[bytes], start: int, cd_size: int, name: str) -> list[_Reco
          header_offset) = _CENTRAL.unpack_from(buf, pos)
         if sig != b"PK\x01\x02":
             raise ArchiveError(f"{name}: not a readable zip archive (bad central directory "
-                               f"record {len(records)})")
+                               f"record {i})")
         need(_CENTRAL.size + name_len + extra_len + comment_len)
         at = pos + _CENTRAL.size
         raw_name = buf[at: at + name_len]
         info = extras.parse(buf[at + name_len: at + name_len + extra_len], raw_name, file_size,
                             compress_size, header_offset)
-        records.append(_Record(raw_name, bool(flags & 0x800), create_system, flags, method,
-                               dos_time, dos_date, crc, info.compress_size, info.file_size,
-                               info.header_offset, external_attr, extra_len, info))
+        out.raw_names.append(raw_name)
+        out.create_system.append(create_system)
+        out.flags.append(flags)
+        out.method.append(method)
+        out.dos.append(dos_date << 16 | dos_time)
+        out.crc.append(crc)
+        out.compress_size.append(info.compress_size)
+        out.file_size.append(info.file_size)
+        out.header_offset.append(min(max(info.header_offset + concat, _I64[0]), _I64[1]))
+        out.external_attr.append(external_attr)
+        out.extra_len.append(extra_len)
+        if info.unicode_path is not None:
+            out.unicode_path[i] = info.unicode_path
+        if info.mtime_ns is not None:
+            out.mtime_ns[i] = info.mtime_ns
+        if info.unix_data is not None:
+            out.unix_data[i] = info.unix_data
         pos = at + name_len + extra_len + comment_len
-    return records
+    return out
 
 
-def _entries(records: list[_Record], cd_start: int, archive: str) -> list[Entry]:
-    """Entries of ``records``: names decoded and cleaned, overlaps and specials dropped, hard
-    links resolved."""
-    encoding = choose_encoding([r.raw_name for r in records if not r.utf8 and r.info.unicode_path
-                                is None])
+def _rows(rec: _Records, cd_start: int, archive: str) -> _Rows:
+    """Rows of the records: names decoded and cleaned, overlaps and specials dropped, hard links
+    resolved (names may still repeat: :func:`_build` makes them unique)."""
+    encoding = choose_encoding([n for i, n in enumerate(rec.raw_names)
+                                if not rec.flags[i] & 0x800 and i not in rec.unicode_path])
     if encoding != "cp437":
         log.info("%s: names without the UTF-8 flag read as %s", archive, encoding)
-    overlapping = _overlapping(records, cd_start)
+    overlapping = _overlapping(rec, cd_start)
     if overlapping:
         _log_names(logging.WARNING, f"{archive}: {len(overlapping)} members share bytes with "
                    "another member or the central directory (an overlap bomb?): not shown",
-                   [records[i].raw_name.decode("utf-8", "replace") for i in sorted(overlapping)])
-    entries: list[Entry | None] = []
-    hard_links: list[tuple[int, str]] = []  # (position in entries, cleaned target name)
+                   [rec.raw_names[i].decode("utf-8", "replace") for i in sorted(overlapping)])
+    rows = _Rows()
+    links: dict[int, str] = {}  # row of a hard link -> cleaned target name
     specials: list[str] = []
-    for i, r in enumerate(records):
-        raw = r.raw_name.decode("utf-8", "replace") if r.utf8 else decode(r.raw_name, encoding)
-        name = clean_name(r.info.unicode_path or raw)
+    for i, raw_name in enumerate(rec.raw_names):
+        utf8 = rec.flags[i] & 0x800
+        raw = raw_name.decode("utf-8", "replace") if utf8 else decode(raw_name, encoding)
+        name = clean_name(rec.unicode_path.get(i) or raw)
         if name is None or i in overlapping:
             continue
-        entry, special, link_to = _entry(r, name, raw, encoding)
-        if special:
+        unix = rec.create_system[i] == _UNIX
+        mode = rec.external_attr[i] >> 16 if unix else 0
+        fmt = stat.S_IFMT(mode)
+        is_dir = raw.endswith(("/", "\\")) or (unix and fmt == stat.S_IFDIR)
+        size = rec.file_size[i]
+        if unix and not is_dir and fmt == stat.S_IFIFO and size:
+            fmt = stat.S_IFREG  # Info-ZIP -FI stores what it read from the pipe
+        if unix and not is_dir and fmt in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK, stat.S_IFIFO):
             specials.append(name)
             continue
-        if link_to is not None:
-            hard_links.append((len(entries), link_to))
-        entries.append(entry)
+        is_link = unix and not is_dir and fmt == stat.S_IFLNK
+        unix_data = rec.unix_data.get(i)
+        target = ""
+        if is_link and unix_data and size == 0:
+            target = unix_data.decode("utf-8", "replace")
+            size = len(target.encode())
+        kind = _DIR if is_dir else _LINK if is_link else _FILE
+        perm = 0o555 if is_dir or is_link or (unix and mode & 0o111) else 0o444
+        row = rows.append(name, kind, (
+            0 if is_dir else size, _mtime_ns(rec, i), perm, rec.compress_size[i], rec.method[i],
+            rec.header_offset[i], rec.crc[i], rec.flags[i], len(raw_name), rec.extra_len[i], 1),
+            target)
+        if kind == _FILE and unix and rec.external_attr[i] & _HARD_LINK and unix_data:
+            links[row] = clean_name(decode(unix_data, encoding)) or ""
     if specials:
         _log_names(logging.INFO, f"{archive}: skipped {len(specials)} fifo, device or socket "
                    "entries", specials)
-    _resolve_hard_links(entries, hard_links, archive)
-    return [e for e in entries if e is not None]
+    _resolve_hard_links(rows, links, archive)
+    return rows
 
 
-def _entry(r: _Record, name: str, raw: str, encoding: str) -> tuple[Entry | None, bool, str | None]:
-    """(entry, is a special file, cleaned hard-link target name) of one record."""
-    unix = r.create_system == _UNIX
-    mode = r.external_attr >> 16 if unix else 0
-    fmt = stat.S_IFMT(mode)
-    is_dir = raw.endswith(("/", "\\")) or (unix and fmt == stat.S_IFDIR)
-    unix_data = r.info.unix_data
-    if unix and not is_dir and fmt in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK):
-        return None, True, None
-    if unix and not is_dir and fmt == stat.S_IFIFO:
-        if r.file_size == 0:
-            return None, True, None
-        fmt = stat.S_IFREG  # Info-ZIP -FI stores what it read from the pipe
-    is_link = unix and not is_dir and fmt == stat.S_IFLNK
-    target = ""
-    size = 0 if is_dir else r.file_size
-    if is_link and unix_data and r.file_size == 0:
-        target = unix_data.decode("utf-8", "replace")
-        size = len(target.encode())
-    link_to = None
-    if unix and not is_dir and not is_link and r.external_attr & _HARD_LINK and unix_data:
-        link_to = clean_name(decode(unix_data, encoding)) or ""
-    kind = "dir" if is_dir else "link" if is_link else "file"
-    executable = unix and bool(mode & 0o111)
-    entry = Entry(
-        name=name, kind=kind, size=size, mtime_ns=_mtime_ns(r),
-        mode=0o555 if is_dir or executable or is_link else 0o444,
-        compress_size=r.compress_size, method=r.method, header_offset=r.header_offset, crc=r.crc,
-        flags=r.flags, raw_name_len=len(r.raw_name), extra_len=r.extra_len, target=target)
-    return entry, False, link_to
-
-
-def _mtime_ns(r: _Record) -> int:
-    if r.info.mtime_ns is not None:
-        return r.info.mtime_ns
-    d, t = r.dos_date, r.dos_time
+def _mtime_ns(rec: _Records, i: int) -> int:
+    mtime = rec.mtime_ns.get(i)
+    if mtime is not None:
+        return mtime
+    d, t = rec.dos[i] >> 16, rec.dos[i] & 0xFFFF
     date_time = ((d >> 9) + 1980, (d >> 5) & 0xF, d & 0x1F, t >> 11, (t >> 5) & 0x3F, (t & 0x1F) * 2)
     try:
         return int(time.mktime((*date_time, 0, 0, -1))) * 10**9
@@ -395,63 +427,59 @@ def _mtime_ns(r: _Record) -> int:
         return 0
 
 
-def _overlapping(records: list[_Record], cd_start: int) -> set[int]:
+def _overlapping(rec: _Records, cd_start: int) -> set[int]:
     """Records whose data (at least header + name + compressed size) runs over the next local
     header or into the central directory, and all but the first record at one offset."""
-    order = sorted(range(len(records)), key=lambda i: (records[i].header_offset, i))
+    offsets = rec.header_offset
+    order = sorted(range(len(rec)), key=offsets.__getitem__)  # stable: archive order at ties
     bad: set[int] = set()
-    for pos, i in enumerate(order):
-        r = records[i]
-        if pos > 0 and records[order[pos - 1]].header_offset == r.header_offset:
-            bad.add(i)
-            continue
-        if not 0 <= r.header_offset < cd_start:
-            continue  # not a member at all: its read fails on the local header
-        nxt = next((records[j].header_offset for j in order[pos + 1:]
-                    if records[j].header_offset != r.header_offset), cd_start)
-        if r.header_offset + _LOCAL_HEADER_SIZE + len(r.raw_name) + r.compress_size > min(nxt, cd_start):
+    following = cd_start  # the next larger offset than the current group's
+    group: int | None = None
+    for pos in range(len(order) - 1, -1, -1):
+        i = order[pos]
+        h = offsets[i]
+        if h != group:
+            following = group if group is not None else cd_start
+            group = h
+        shares_offset = pos > 0 and offsets[order[pos - 1]] == h
+        end = h + _LOCAL_HEADER_SIZE + len(rec.raw_names[i]) + rec.compress_size[i]
+        if shares_offset or (0 <= h < cd_start and end > min(following, cd_start)):
             bad.add(i)
     return bad
 
 
-def _resolve_hard_links(entries: list[Entry | None], links: list[tuple[int, str]],
-                        archive: str) -> None:
+def _resolve_hard_links(rows: _Rows, links: dict[int, str], archive: str) -> None:
     """Give each hard link its target's data (following chains); drop those that cannot be."""
     if not links:
         return
-    by_name: dict[str, int] = {}
-    for i, e in enumerate(entries):
-        if e is not None:
-            by_name[e.name] = i  # the last of a name: the one shown under it
-    link_of = dict(links)
+    by_name = {name: i for i, name in enumerate(rows.names)}  # the last of a name: the one shown
     resolved: dict[int, int] = {}
-    for i, _ in links:
+    for i in links:
         seen = {i}
         j = i
-        while j in link_of:
-            j = by_name.get(link_of[j], -1)
+        while j in links:
+            j = by_name.get(links[j], -1)
             if j < 0 or j in seen:
                 break
             seen.add(j)
-        target = entries[j] if j >= 0 and j not in link_of else None
-        link = entries[i]
-        assert link is not None
-        if target is None or target.kind != "file":
-            why = ("points to itself or loops" if j in seen else "has no target in the archive"
-                   if target is None else f"points to a {target.kind}")
-            log.warning("%s: hard link %r -> %r %s: not shown", archive, link.name, link_of[i], why)
-            entries[i] = None
+        ok = j >= 0 and j not in links and rows.kinds[j] == _FILE
+        if not ok:
+            why = ("has no target in the archive" if j < 0 else "points to itself or loops"
+                   if j in links else f"points to a {_KINDS[rows.kinds[j]]}")
+            log.warning("%s: hard link %r -> %r %s: not shown", archive, rows.names[i], links[i], why)
+            rows.kinds[i] = 0xFF  # dropped by _build
             continue
         resolved[i] = j
     counts: dict[int, int] = {}
     for j in resolved.values():
         counts[j] = counts.get(j, 1) + 1
+    nlink = _FIELDS.index("nlink")
     for i, j in resolved.items():
-        target = entries[j]
-        assert target is not None
-        entries[i] = target._replace(name=entries[i].name, nlink=counts[j])  # type: ignore[union-attr]
+        for col in rows.columns:
+            col[i] = col[j]
+        rows.columns[nlink][i] = counts[j]
     for j, n in counts.items():
-        entries[j] = entries[j]._replace(nlink=n)  # type: ignore[union-attr]
+        rows.columns[nlink][j] = n
 
 
 def _log_names(level: int, message: str, names: list[str]) -> None:
@@ -500,43 +528,63 @@ def build_tree(entries: Iterable[Entry] | EntryTable, archive: str = ""
     directory's sorted child names. See the module docstring for duplicates."""
     if isinstance(entries, EntryTable):
         return entries, entries.children
-    entries = list(entries)
+    rows = _Rows()
+    for e in entries:
+        rows.append(e.name, _KINDS.index(e.kind), (getattr(e, f) for f in _FIELDS), e.target)
+    table = _build(rows, archive)
+    return table, table.children
+
+
+def _build(rows: _Rows, archive: str) -> EntryTable:
+    """The table of ``rows``: implied directories added, duplicate names numbered."""
     where = f"{archive}: " if archive else ""
-    dirs: dict[str, Entry] = {}
-    for e in entries:
-        if e.kind == "dir":
-            dirs.setdefault(e.name, e)  # the first of several directory entries
-    mtime = max((e.mtime_ns for e in entries), default=0)
-    for e in entries:
-        parent = e.name.rpartition("/")[0]
-        while parent and parent not in dirs:
-            dirs[parent] = Entry(name=parent, kind="dir", size=0, mtime_ns=mtime, mode=0o555)
-            parent = parent.rpartition("/")[0]
+    names, kinds = rows.names, rows.kinds
+    dirs: dict[str, int] = {}
     last: dict[str, int] = {}
-    for i, e in enumerate(entries):
-        if e.kind != "dir":
-            last[e.name] = i
-    taken = set(dirs) | set(last)
-    out: list[Entry] = list(dirs.values())
-    for i, e in enumerate(entries):
-        if e.kind == "dir":
+    for i, name in enumerate(names):
+        if kinds[i] == _DIR:
+            dirs.setdefault(name, i)  # the first of several directory entries
+        elif kinds[i] != 0xFF:
+            last[name] = i
+    mtimes = rows.columns[_FIELDS.index("mtime_ns")]
+    mtime = max(mtimes) if mtimes else 0
+    for i in range(len(names)):
+        if kinds[i] == 0xFF:
             continue
-        if e.name not in dirs and last[e.name] == i:
-            out.append(e)
+        parent = names[i].rpartition("/")[0]
+        while parent and parent not in dirs:
+            dirs[parent] = rows.append(parent, _DIR, (0, mtime, 0o555, 0, 0, 0, 0, 0, 0, 0, 1))
+            parent = parent.rpartition("/")[0]
+    taken = set(dirs) | set(last)
+    kept: list[int] = list(dirs.values())
+    for i in range(len(names)):
+        if kinds[i] in (_DIR, 0xFF):
+            continue
+        name = names[i]
+        kept.append(i)
+        if name not in dirs and last[name] == i:
             continue
         n = 1
-        while (renamed := _numbered(e.name, n)) in taken:
+        while (renamed := _numbered(name, n)) in taken:
             n += 1
         taken.add(renamed)
-        if e.name in dirs:
+        names[i] = renamed
+        if name in dirs:
             log.warning("%sarchive has a file and a directory named %r: the file is %r", where,
-                        e.name, renamed)
+                        name, renamed)
         else:
-            log.warning("%sarchive has duplicate name %r: an earlier entry is %r", where, e.name,
+            log.warning("%sarchive has duplicate name %r: an earlier entry is %r", where, name,
                         renamed)
-        out.append(e._replace(name=renamed))
-    table = EntryTable.from_entries(out)
-    return table, table.children
+    del taken, last, dirs
+    keys = [_key(names[i]) for i in kept]
+    order = sorted(range(len(kept)), key=keys.__getitem__)
+    source = array("l", (kept[j] for j in order))
+    del kept
+    keys = [keys[j] for j in order]
+    del order
+    columns = [array(col.typecode, map(col.__getitem__, source)) for col in rows.columns]
+    targets = {pos: rows.targets[i] for pos, i in enumerate(source) if i in rows.targets}
+    return EntryTable(keys, bytes(kinds[i] for i in source), columns, targets)
 
 
 # -- persistence --------------------------------------------------------------------------------
@@ -557,7 +605,7 @@ def load_index(disk: DiskTier, name: str) -> EntryTable | None:
 
 
 def save_index(disk: DiskTier, name: str, entries: EntryTable | Iterable[Entry]) -> None:
-    table = entries if isinstance(entries, EntryTable) else build_tree(entries)[0]
+    table = build_tree(entries)[0]
     data = json.dumps(table.to_doc(), separators=(",", ":")).encode()
     with contextlib.suppress(OSError):
         disk.write(name, [data], len(data))

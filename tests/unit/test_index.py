@@ -1,0 +1,274 @@
+"""The central-directory index without FUSE or S3: archives built byte by byte, parsed from memory."""
+
+from __future__ import annotations
+
+import io
+import logging
+import stat
+import struct
+import time
+import tracemalloc
+import zipfile
+from pathlib import Path
+
+import pytest
+from robust.zips import S_DIR, S_FILE, S_LINK, RawMember, extra_field, raw_zip
+
+from zipmount.archive.index import (
+    CD_MAX_BYTES,
+    Entry,
+    EntryTable,
+    build_tree,
+    load_index,
+    read_central_directory,
+    save_index,
+)
+from zipmount.cache import DiskTier
+from zipmount.errors import ArchiveError
+
+HARD_LINK = 0x800
+S_FIFO = (stat.S_IFIFO | 0o644) << 16
+S_CHR = (stat.S_IFCHR | 0o644) << 16
+S_BLK = (stat.S_IFBLK | 0o644) << 16
+S_SOCK = (stat.S_IFSOCK | 0o644) << 16
+
+
+def index(data: bytes) -> EntryTable:
+    return read_central_directory(io.BytesIO(data), len(data), "t.zip")
+
+
+def pkware_unix(data: bytes = b"", mtime: int = 0) -> bytes:
+    """PKWARE unix extra field (0x000d): atime, mtime, uid, gid, variable data."""
+    return extra_field(0x000D, struct.pack("<IIHH", 0, mtime, 1000, 1000) + data)
+
+
+def hard_link(name: bytes, target: bytes) -> RawMember:
+    return RawMember(name, b"", external_attr=S_FILE | HARD_LINK, extra=pkware_unix(target))
+
+
+def ntfs(mtime_ns: int) -> bytes:
+    ticks = mtime_ns // 100 + 116_444_736_000_000_000
+    return extra_field(0x000A, b"\0" * 4 + struct.pack("<HHQQQ", 1, 24, ticks, ticks, ticks))
+
+
+def ext_time(seconds: int) -> bytes:
+    return extra_field(0x5455, b"\x01" + struct.pack("<i", seconds))
+
+
+# -- duplicates -----------------------------------------------------------------------------------
+
+
+def test_duplicate_files_are_all_reachable_the_last_under_the_plain_name(caplog):
+    table = index(raw_zip([RawMember(b"d/a.txt", b"one"), RawMember(b"d/a.txt", b"two"),
+                           RawMember(b"d/a.txt", b"three"), RawMember(b"d/a (1).txt", b"taken")]))
+    assert sorted(table.children["d"]) == ["a (1).txt", "a (2).txt", "a (3).txt", "a.txt"]
+    sizes = {n: table[f"d/{n}"].size for n in table.children["d"]}
+    # archive order: the first duplicate is (2) because "a (1).txt" is a real entry
+    assert sizes == {"a.txt": 5, "a (1).txt": 5, "a (2).txt": 3, "a (3).txt": 3}
+    assert table["d/a (2).txt"].header_offset < table["d/a (3).txt"].header_offset
+    assert "duplicate name 'd/a.txt'" in caplog.text
+
+
+def test_a_file_named_like_a_directory_is_renamed_and_the_directory_keeps_the_name():
+    table = index(raw_zip([RawMember(b"same", b"file"), RawMember(b"same/child", b"c"),
+                           RawMember(b"x/y", b"y"), RawMember(b"x", b"file after")]))
+    assert table["same"].kind == "dir" and table["x"].kind == "dir"
+    assert table["same (1)"].kind == "file" and table["same (1)"].size == 4
+    assert table["x (1)"].size == len(b"file after")
+    assert table.children[""] == ["same", "same (1)", "x", "x (1)"]
+
+
+def test_numbered_names_stay_within_name_max():
+    long = b"n" * 255
+    table = index(raw_zip([RawMember(long, b"1"), RawMember(long, b"2")]))
+    assert all(len(n.encode()) <= 255 for n in table)
+    assert len(table) == 2
+
+
+# -- links ----------------------------------------------------------------------------------------
+
+
+def test_hard_links_carry_the_target_data_and_count_links():
+    table = index(raw_zip([RawMember(b"data.bin", b"payload" * 10), hard_link(b"link1", b"data.bin"),
+                           hard_link(b"sub/link2", b"data.bin")]))
+    target, one, two = table["data.bin"], table["link1"], table["sub/link2"]
+    assert one.kind == two.kind == "file"
+    for e in (one, two):
+        assert (e.size, e.header_offset, e.crc, e.method) == \
+            (target.size, target.header_offset, target.crc, target.method)
+    assert target.nlink == one.nlink == two.nlink == 3
+
+
+def test_hard_link_chains_resolve_and_loops_or_missing_targets_drop_only_that_entry(caplog):
+    table = index(raw_zip([
+        RawMember(b"real", b"abc"), hard_link(b"a", b"real"), hard_link(b"b", b"a"),
+        hard_link(b"loop1", b"loop2"), hard_link(b"loop2", b"loop1"), hard_link(b"self", b"self"),
+        hard_link(b"nowhere", b"missing"), RawMember(b"dir/", external_attr=S_DIR),
+        hard_link(b"todir", b"dir"),
+    ]))
+    assert table["b"].header_offset == table["real"].header_offset and table["b"].size == 3
+    assert table["real"].nlink == 3
+    for dropped in ("loop1", "loop2", "self", "nowhere", "todir"):
+        assert dropped not in table
+        assert f"hard link {dropped!r}" in caplog.text
+    assert "dir" in table.children
+
+
+def test_symlinks_from_unix_modes_and_from_the_pkware_unix_field():
+    table = index(raw_zip([
+        RawMember(b"infozip", b"target.txt", external_attr=S_LINK),
+        RawMember(b"pkware", b"", external_attr=S_LINK, extra=pkware_unix(b"../x/target")),
+    ]))
+    assert table["infozip"].kind == "link" and table["infozip"].target == ""
+    assert table["pkware"].kind == "link" and table["pkware"].target == "../x/target"
+    assert table["pkware"].size == len("../x/target")
+
+
+def test_special_files_are_skipped_with_one_log_line_and_a_fifo_with_data_is_a_file(caplog):
+    with caplog.at_level(logging.INFO):
+        table = index(raw_zip([
+            RawMember(b"fifo", external_attr=S_FIFO), RawMember(b"tty", external_attr=S_CHR,
+                                                                extra=pkware_unix(b"\0" * 8)),
+            RawMember(b"disk", external_attr=S_BLK), RawMember(b"sock", external_attr=S_SOCK),
+            RawMember(b"piped", b"read from a pipe", external_attr=S_FIFO),
+            RawMember(b"ok", b"fine")]))
+    assert sorted(table) == ["ok", "piped"]
+    assert table["piped"].kind == "file"
+    lines = [r for r in caplog.records if "fifo, device or socket" in r.getMessage()]
+    assert len(lines) == 1 and "4 fifo" in lines[0].getMessage()
+
+
+# -- names ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("names", "encoding"), [
+    (["日本語のファイル名/テスト文書.txt", "写真/夏休み.jpg", "説明.txt"], "shift_jis"),
+    (["Документы/отчёт за год.doc", "Привет мир.txt"], "cp866"),
+    (["中文文件名/测试文档.txt", "图片.png"], "gbk"),
+    (["Résumé/naïve café.txt", "Übersicht.doc"], "cp437"),
+])
+def test_names_in_a_legacy_code_page_are_readable(names, encoding):
+    table = index(raw_zip([RawMember(n.encode(encoding), b"x") for n in names]
+                          + [RawMember(b"ascii.txt", b"a")]))
+    assert set(names) <= set(table), sorted(table)
+
+
+def test_utf8_without_the_flag_the_flag_and_the_unicode_path_field():
+    table = index(raw_zip([RawMember("ünï.txt".encode(), b"1"),
+                           RawMember("flag-ö.txt".encode(), b"2", flags=0x800),
+                           RawMember(b"caf\x82.txt", b"3", flags=0x800)]))  # invalid UTF-8
+    assert "ünï.txt" in table and "flag-ö.txt" in table
+    assert "caf\ufffd.txt" in table  # undecodable bytes never fail the archive
+
+
+def test_undecodable_names_never_fail_the_archive():
+    table = index(raw_zip([RawMember(bytes(range(128, 256)), b"x"), RawMember(b"\x81\xff\xfe", b"y")]))
+    assert len(table) == 2
+
+
+# -- timestamps -----------------------------------------------------------------------------------
+
+
+def test_ntfs_time_wins_over_extended_time_which_wins_over_dos_time():
+    ns = 1_700_000_000_123_456_700
+    table = index(raw_zip([
+        RawMember(b"ntfs", b"", extra=ext_time(1_600_000_000) + ntfs(ns)),
+        RawMember(b"ext", b"", extra=ext_time(1_600_000_000) + pkware_unix(mtime=1_500_000_000)),
+        RawMember(b"pkware", b"", extra=pkware_unix(mtime=1_500_000_000)),
+        RawMember(b"dos", b""),
+    ]))
+    assert table["ntfs"].mtime_ns == ns
+    assert table["ext"].mtime_ns == 1_600_000_000 * 10**9
+    assert table["pkware"].mtime_ns == 1_500_000_000 * 10**9
+    assert table["dos"].mtime_ns == int(time.mktime((2024, 5, 17, 12, 30, 42, 0, 0, -1))) * 10**9
+
+
+# -- hostile structure ----------------------------------------------------------------------------
+
+
+def test_overlapping_members_are_dropped_and_logged_but_hard_links_are_not(caplog):
+    honest = raw_zip([RawMember(b"a", b"A" * 100), RawMember(b"b", b"B" * 100)])
+    cd = honest.index(b"PK\x01\x02")
+    second_cd = honest.index(b"PK\x01\x02", cd + 1)
+    # a's central record claims 160 bytes: its data covers b's local header
+    bomb = bytearray(honest)
+    struct.pack_into("<I", bomb, cd + 20, 160)
+    table = index(bytes(bomb))
+    assert "a" not in table and "b" in table
+    assert "1 members share bytes" in caplog.text
+    # a second central record pointing at b's header again
+    rec_b = honest[second_cd: honest.index(b"PK\x05\x06")]
+    dup = honest[:honest.index(b"PK\x05\x06")] + rec_b.replace(b"b", b"c", 1)
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 3, 3, len(dup) - cd, cd, 0)
+    table = index(dup + end)
+    assert "c" not in table and "a" in table and "b" in table
+    caplog.clear()
+    table = index(raw_zip([RawMember(b"t", b"T" * 50), hard_link(b"l", b"t")]))
+    assert "l" in table and "share bytes" not in caplog.text
+
+
+def test_a_huge_claimed_central_directory_is_refused_before_it_is_read(tmp_path: Path):
+    """A sparse 256 MiB file whose end record claims a 256 MiB central directory."""
+    path = tmp_path / "sparse.zip"
+    size = 256 * 2**20
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, size - 22, 0, 0)
+    with path.open("wb") as f:
+        f.truncate(size - 22)
+        f.seek(size - 22)
+        f.write(end)
+    tracemalloc.start()
+    with path.open("rb") as f, pytest.raises(ArchiveError, match="over the limit") as err:
+        read_central_directory(f, size, "sparse.zip")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert "\n" not in str(err.value)
+    assert peak < 1 * 2**20, peak
+    assert size - 22 > CD_MAX_BYTES
+
+
+def test_parsing_peak_memory_is_a_small_multiple_of_the_central_directory():
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(5_000):
+            zf.writestr(zipfile.ZipInfo(f"g{i % 50:02d}/signal/{i}.0"), b"")
+    data = buf.getvalue()
+    cd_size = len(data) - data.index(b"PK\x01\x02")
+    tracemalloc.start()
+    table = index(data)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(table) == 5_000 + 50 + 50  # files, g.., g../signal
+    print(f"central directory {cd_size} B, parse peak {peak} B ({peak / cd_size:.1f}x)")
+    assert peak < 20 * cd_size
+
+
+# -- the table and its persistence ----------------------------------------------------------------
+
+
+def test_the_table_answers_like_a_dict_and_loads_back_identical(tmp_path: Path):
+    data = raw_zip([RawMember(b"a/b/c.txt", b"c"), RawMember(b"a/d.txt", b"dd"),
+                    RawMember(b"e/", external_attr=S_DIR),
+                    RawMember(b"p", external_attr=S_LINK, extra=pkware_unix(b"a/d.txt"))])
+    table = index(data)
+    entries = dict(table.items())
+    assert set(entries) == {"a", "a/b", "a/b/c.txt", "a/d.txt", "e", "p"}
+    assert table.get("nope") is None and "a/b" in table and len(table) == 6
+    assert dict(table.children) == {"": ["a", "e", "p"], "a": ["b", "d.txt"], "a/b": ["c.txt"],
+                                    "e": []}
+    assert "a/d.txt" not in table.children and "" in table.children
+    disk = DiskTier(tmp_path, 1 << 20)
+    try:
+        save_index(disk, "k.index.json", table)
+        again = load_index(disk, "k.index.json")
+    finally:
+        disk.close()
+    assert again is not None and dict(again.items()) == entries
+    assert again["p"].target == "a/d.txt"
+
+
+def test_build_tree_of_plain_entries_matches_the_table_of_an_archive():
+    entries = [Entry(name="x/y", kind="file", size=1, mtime_ns=5, mode=0o444),
+               Entry(name="x/y", kind="file", size=2, mtime_ns=6, mode=0o444)]
+    by_name, children = build_tree(entries)
+    assert by_name["x/y"].size == 2 and by_name["x/y (1)"].size == 1
+    assert children["x"] == ["y", "y (1)"] and by_name["x"].mtime_ns == 6
