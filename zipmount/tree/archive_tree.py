@@ -217,7 +217,7 @@ class ArchiveTree:
         # The CRC in the sub-second part of mtime lets the kernel drop cached pages of a member
         # whose content changed even when its size and DOS timestamp did not.
         return Node(entry.kind, entry.size, entry.mtime_ns + entry.crc % 10**9, entry.mode,
-                    entry.method, version=archive.member_version(entry))
+                    entry.method, nlink=entry.nlink, version=archive.member_version(entry))
 
     def listdir(self, path: str) -> list[tuple[str, str]]:
         archive = self._archive()
