@@ -49,6 +49,9 @@ FUSE_FILL_DIR_PLUS = 1 << 1
 # Worker threads per session: many reader processes each wait on their own request (libfuse 3.14.0
 # ignores the option and prints "Ignoring invalid max threads value"; later versions honour it).
 MAX_THREADS = 64
+# The high-level API passes opendir's keep_cache and cache_readdir on to the kernel only since
+# libfuse 3.16.1 (commit 98eb8089); before, the kernel re-reads every directory it lists.
+CACHES_DIRECTORIES = (mfusepy.fuse_version_major, mfusepy.fuse_version_minor) >= (3, 16)
 
 
 def _errno_of(exc: BaseException) -> int:
@@ -174,16 +177,13 @@ class ZipOperations(Operations):
             self._prune(now)
 
     def _prune(self, now: float) -> None:
-        while self._seen:
+        for _ in range(len(self._seen)):
             path, oldest = next(iter(self._seen.items()))
             expired = now - oldest.at > self.ttl
             if not expired and len(self._seen) <= self.max_tracked_paths:
                 return
-            if path in self._open_versions:
-                oldest.at = now
+            if path in self._open_versions:  # kept while a handle is open
                 self._seen.move_to_end(path)
-                if not expired:
-                    return
                 continue
             del self._seen[path]
             if not expired:
@@ -386,6 +386,8 @@ class _Session(FUSE):
 
 def serve(ops: ZipOperations, mountpoint: str, *, fsname: str, allow_other: bool = False) -> None:
     """Serve ``ops`` on ``mountpoint`` (read-only) until it is unmounted; raises if mounting fails."""
+    if not CACHES_DIRECTORIES:  # what opendir answers would be dropped: libfuse opens them alone
+        ops.opendir = None  # type: ignore[method-assign]
     _Session(ops, mountpoint, raw_fi=True, foreground=True, ro=True, fsname=fsname,
              subtype="zipmount", default_permissions=True, max_threads=MAX_THREADS,
              **({"allow_other": True} if allow_other else {}))
