@@ -11,6 +11,7 @@ Every remote call made by zipmount goes through :class:`Source`, which
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -122,7 +123,10 @@ class Source:
         ``known``: fsspec details (``info``) of an object already stat'ed by the caller, e.g. an
         open file's; the first ``stat`` of that path uses them instead of a request.
         """
-        source = cls(lambda: fs, filesystem_location(fs), options, stats)
+        location = filesystem_location(fs)
+        if options.endpoint_url is None and location.startswith("s3|") and location != "s3|aws":
+            options = dataclasses.replace(options, endpoint_url=location[3:])  # for messages
+        source = cls(lambda: fs, location, options, stats)
         if known and known.get("name"):
             source._known[known["name"].rstrip("/")] = known
         return source
@@ -267,6 +271,9 @@ def _s3_filesystem(options: StorageOptions) -> fsspec.AbstractFileSystem:
     config_kwargs = {
         "connect_timeout": min(5.0, attempt_timeout),
         "read_timeout": attempt_timeout,
+        # botocore's default of 10 connections would cap the requests in flight below what the
+        # block cache's fetch and read-ahead threads plus the readers' own misses ask for.
+        "max_pool_connections": 48,
         # Retries are ours (Source._call): one deadline over everything, jittered backoff.
         "retries": {"total_max_attempts": 1, "mode": "standard"},
     }
@@ -384,7 +391,8 @@ def translate_error(exc: BaseException, what: str, options: StorageOptions) -> Z
     if any(isinstance(e, ssl.SSLCertVerificationError) for e in causes) or \
             "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
         return SourceError(f"TLS certificate verification failed for {endpoint} ({what}); "
-                           "pass the private CA with --ca-bundle (or ca_bundle in the config)")
+                           "pass the private CA with --ca-bundle (or ca_bundle in the config; "
+                           "in process, s3fs client_kwargs={'verify': PATH})")
     if any(isinstance(e, ssl.SSLError) for e in causes):
         return SourceError(f"TLS error talking to {endpoint} ({what})")
     if "NoCredentials" in text or "Unable to locate credentials" in text:
