@@ -9,8 +9,8 @@ from a real moto S3 server through a real FUSE prefix mount. Contract:
   declared one) reads as EIO and is logged, without a traceback;
 - an encrypted member is EACCES, an unsupported compression method EIO, both logged;
 - names are made safe: relative, no ``..``, no NUL or control characters, components of at most
-  255 bytes; duplicates: the last entry wins; a file and a directory with one name: the
-  directory; symlinks are shown as symlinks, never followed by the daemon;
+  255 bytes; duplicates: the last entry keeps the name, earlier ones are ``name (1).ext``...; a
+  file and a directory with one name: the directory keeps it, the file is ``name (1)``; symlinks are shown as symlinks, never followed by the daemon;
 - cp437 and UTF-8 names and the Info-ZIP Unicode Path field (0x7075) are decoded.
 
 Security: read-only at every entry point (kernel and daemon), uid/gid/umask honoured,
@@ -282,8 +282,11 @@ def test_hostile_names_are_made_safe(hm):
         long_name: b"long component\n",
         deep: b"deep\n",
         "dup.txt": b"second\n",
+        "dup (1).txt": b"first\n",
         "same/child.txt": b"child\n",
+        "same (1)": b"i am a file\n",
         "other/x.txt": b"x\n",
+        "other (1)": b"file after dir\n",
         "dot/x.txt": b"dot\n",
     }
     assert os.path.isdir(mp / "same") and os.path.isdir(mp / "other")
@@ -298,12 +301,14 @@ def test_symlinks_are_shown_never_followed(hm):
         assert os.readlink(mp / name) == target
         assert st_.st_size == len(target)  # the link's own size, not its target's
     # a symlink that is also a directory of the archive is the directory: no path leads
-    # through a link inside the daemon
+    # through a link inside the daemon; the link is still there, renamed
     assert stat.S_ISDIR(os.lstat(mp / "dirlink").st_mode)
+    assert os.readlink(mp / "dirlink (1)") == "/etc"
     assert read_file(mp / "dirlink" / "passwd") == b"archive's own passwd\n"
     assert os.readlink(mp / "rel") == "hello.txt"
     assert read_file(mp / "rel") == b"hello\n"  # the kernel follows it, inside the mount
-    assert sorted(os.listdir(mp)) == sorted([*LINKS, "hello.txt", "dirlink", "realdir"])
+    assert sorted(os.listdir(mp)) == sorted([*LINKS, "hello.txt", "dirlink", "dirlink (1)",
+                                             "realdir"])
 
 
 def test_name_encodings(hm):

@@ -253,6 +253,7 @@ class _Records:
         self.file_size = array("Q")
         self.header_offset = array("q")
         self.external_attr = array("I")
+        self.name_len = array("H")  # in the record: the name may end earlier, at a NUL
         self.extra_len = array("H")
         self.unicode_path: dict[int, str] = {}
         self.mtime_ns: dict[int, int] = {}
@@ -339,7 +340,8 @@ def _records(file: IO[bytes], start: int, cd_size: int, concat: int, name: str) 
                                f"record {i})")
         need(_CENTRAL.size + name_len + extra_len + comment_len)
         at = pos + _CENTRAL.size
-        raw_name = buf[at: at + name_len]
+        # A name ends at its first NUL, as zipfile and C tools read it (a trick of viruses).
+        raw_name = buf[at: at + name_len].partition(b"\0")[0]
         info = extras.parse(buf[at + name_len: at + name_len + extra_len], raw_name, file_size,
                             compress_size, header_offset)
         out.raw_names.append(raw_name)
@@ -352,6 +354,7 @@ def _records(file: IO[bytes], start: int, cd_size: int, concat: int, name: str) 
         out.file_size.append(info.file_size)
         out.header_offset.append(min(max(info.header_offset + concat, _I64[0]), _I64[1]))
         out.external_attr.append(external_attr)
+        out.name_len.append(name_len)
         out.extra_len.append(extra_len)
         if info.unicode_path is not None:
             out.unicode_path[i] = info.unicode_path
@@ -404,7 +407,7 @@ def _rows(rec: _Records, cd_start: int, archive: str) -> _Rows:
         perm = 0o555 if is_dir or is_link or (unix and mode & 0o111) else 0o444
         row = rows.append(name, kind, (
             0 if is_dir else size, _mtime_ns(rec, i), perm, rec.compress_size[i], rec.method[i],
-            rec.header_offset[i], rec.crc[i], rec.flags[i], len(raw_name), rec.extra_len[i], 1),
+            rec.header_offset[i], rec.crc[i], rec.flags[i], rec.name_len[i], rec.extra_len[i], 1),
             target)
         if kind == _FILE and unix and rec.external_attr[i] & _HARD_LINK and unix_data:
             links[row] = clean_name(decode(unix_data, encoding)) or ""
@@ -442,7 +445,7 @@ def _overlapping(rec: _Records, cd_start: int) -> set[int]:
             following = group if group is not None else cd_start
             group = h
         shares_offset = pos > 0 and offsets[order[pos - 1]] == h
-        end = h + _LOCAL_HEADER_SIZE + len(rec.raw_names[i]) + rec.compress_size[i]
+        end = h + _LOCAL_HEADER_SIZE + rec.name_len[i] + rec.compress_size[i]
         if shares_offset or (0 <= h < cd_start and end > min(following, cd_start)):
             bad.add(i)
     return bad
