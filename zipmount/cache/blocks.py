@@ -71,7 +71,10 @@ class RunFiles:
             if known is not None and known[0] == mtime:
                 self._listings.move_to_end((key, cell))
                 return known[1]
-        listing = self.store.listing(self._group(key, cell))
+        try:
+            listing = self.store.listing(self._group(key, cell))
+        except OSError:  # EMFILE, ENOMEM...: a miss, nothing deleted
+            return []
         if listing is None:
             return []
         mtime, names = listing

@@ -11,18 +11,21 @@ Sharing one directory between processes (daemons, notebooks, DataLoader or Dask 
   (evicted by another process meanwhile) treats that as a miss.
 - Recency is the file's mtime (set on every hit), so every process sees every other's hits.
 - The total is kept in ``ledger`` (bytes used, time of the last scan), updated under ``flock``
-  in short critical sections, never across I/O of a blob. A writer reserves its size there
-  before writing; when the total would pass the cap, the writer holding the lock scans the
-  directory (the true total) and deletes the oldest files until the total is 10% under the
-  cap, so a scan is paid once per tenth of the cap written. A scan also runs every few
-  minutes, correcting drift (a process killed between reserving and writing).
+  in short critical sections, never across I/O of a blob. A writer creates its temporary file
+  (named with the size it will have), then reserves that size in the ledger; when the total
+  would pass the cap, the writer holding the lock scans the directory (the true total) and
+  deletes the oldest files until the total is 10% under the cap, so a scan is paid once per
+  tenth of the cap written. A scan also runs every few minutes, correcting drift (a process
+  killed between reserving and writing, files deleted by hand).
 - A writer holds ``flock`` on its temporary file: a scan deletes only unlocked temporary files
   older than a few seconds (left by a killed process) and counts the others at the size their
   name announces. The kernel drops a dead process's locks, so a crash never blocks the rest.
 
-How tight the cap is: files written by others between two of their reservations and the
-creation of their temporary files (a few system calls) are not seen by a scan; every other
-byte is, so the total exceeds the cap by at most the writes in that window.
+How tight the cap is: a scan counts every file and every reservation (a temporary file renamed
+while the scan walks its directory at the size it announced), so the ledger is exact but for
+``size``-less writes and files deleted behind the store's back, until the next scan. Each
+process keeps its own cap: processes sharing a directory should use the same size (the
+smallest one wins).
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ class FileStore:
         with self._ledger() as (used, scanned):
             # A restart with a smaller size must not keep more than it allows.
             if used < 0 or used > capacity or time.time() - scanned > RESCAN_INTERVAL:
-                self._set_ledger(self._scan_and_evict(capacity, 0))
+                self._set_ledger(self._scan_and_evict(capacity))
 
     # --- naming and reading -------------------------------------------------------------
     def path(self, name: str) -> Path:
@@ -109,14 +112,16 @@ class FileStore:
         reserve = size or 0
         if reserve > self.capacity:
             raise OSError(errno.EFBIG, f"{size} bytes do not fit a disk cache of {self.capacity}")
-        self._add(reserve, reserving=True)
         target = self.path(name)
         tmp = target.parent / f"{_TMP}{reserve}.{os.getpid()}.{threading.get_ident()}.{next(self._tmp_ids)}"
+        fd = self._create(tmp)
         written = replaced = 0
         try:
-            fd = self._create(tmp)
+            # Locked and named with its size before it is counted, so that a scan by any
+            # process sees this reservation from the moment the ledger holds it.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._add(reserve)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)  # "being written": scans leave it alone
                 for chunk in chunks:
                     view = memoryview(chunk).cast("B")
                     written += len(view)
@@ -128,14 +133,14 @@ class FileStore:
                     replaced = os.stat(target).st_size
                 os.replace(tmp, target)
             except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+                self._add(-reserve)
                 raise
-            finally:
-                os.close(fd)
         except BaseException:
-            self._add(-reserve)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
             raise
+        finally:
+            os.close(fd)
         self._add(written - reserve - replaced)
 
     def _create(self, tmp: Path) -> int:
@@ -178,14 +183,13 @@ class FileStore:
     def _set_ledger(self, used: int) -> None:
         os.pwrite(self._ledger_fd, _LEDGER.pack(used, time.time()), 0)
 
-    def _add(self, delta: int, reserving: bool = False) -> None:
-        """Add ``delta`` bytes to the total (``reserving``: for a file not yet created); scan and
-        evict if it passes the cap or is stale."""
+    def _add(self, delta: int) -> None:
+        """Add ``delta`` bytes to the total; scan and evict if it passes the cap or is stale."""
         with self._ledger() as (used, scanned):
             used += delta
             if used < 0 or (delta > 0 and used > self.capacity) \
                     or time.time() - scanned > RESCAN_INTERVAL:
-                self._set_ledger(self._scan_and_evict(self.capacity, delta if reserving else 0))
+                self._set_ledger(self._scan_and_evict(self.capacity))
             else:
                 os.pwrite(self._ledger_fd, struct.pack("<q", used), 0)
 
@@ -193,7 +197,7 @@ class FileStore:
         """Evict least recently used files until the store fits ``capacity`` (default: its own)."""
         with self._ledger():
             self._set_ledger(self._scan_and_evict(self.capacity if capacity is None else capacity,
-                                                  0, low_water=1.0))
+                                                  low_water=1.0))
 
     def clear(self) -> None:
         """Delete every file (files being written by live processes land afterwards)."""
@@ -214,6 +218,8 @@ class FileStore:
                 try:
                     st = os.stat(path)
                 except FileNotFoundError:
+                    if base.startswith(_TMP):  # renamed into place since the listing, most likely
+                        reserved += _announced(base)
                     continue
                 if base.startswith(_TMP):
                     if now - st.st_mtime > _DEAD_TMP_AGE and not _locked(path):
@@ -226,11 +232,11 @@ class FileStore:
                 found.append((StoredFile(name, st.st_size, st.st_mtime_ns), path))
         return found, reserved
 
-    def _scan_and_evict(self, capacity: int, pending: int, low_water: float = _LOW_WATER) -> int:
-        """The true total (``pending``: bytes about to be written by the caller), after deleting
-        the least recently used files if it is over ``capacity``. Called under the ledger lock."""
+    def _scan_and_evict(self, capacity: int, low_water: float = _LOW_WATER) -> int:
+        """The true total, after deleting the least recently used files if it is over
+        ``capacity``. Called under the ledger lock."""
         found, reserved = self._walk()
-        total = sum(f.size for f, _ in found) + reserved + pending
+        total = sum(f.size for f, _ in found) + reserved
         if total > capacity:
             goal = int(capacity * low_water)
             for f, path in sorted(found, key=lambda fp: fp[0].used_ns):

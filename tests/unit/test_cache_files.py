@@ -1,0 +1,162 @@
+"""The file store alone: atomic files, the shared total and its cap, crash leftovers."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from robust.harness import dir_usage
+
+from zipmount.cache import FileStore
+
+
+def on_disk(store: FileStore) -> int:
+    return dir_usage(store.files_dir)[0]
+
+
+def on_disk_between_writes(root: Path) -> int:
+    """The bytes under ``root/files`` while no process may reserve or evict (the ledger's lock
+    held, as every writer and evicter takes it): a walk that is not raced by evictions."""
+    fd = os.open(root / "ledger", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return dir_usage(root / "files")[0]
+    finally:
+        os.close(fd)
+
+
+def test_a_file_appears_whole_or_not_at_all(tmp_path):
+    store = FileStore(tmp_path, 1 << 20)
+
+    def chunks():
+        yield b"x" * 1000
+        raise OSError(errno.EIO, "the producer failed")
+
+    with pytest.raises(OSError):
+        store.write("aa.blob", chunks(), 2000)
+    assert not store.path("aa.blob").exists()
+    assert on_disk(store) == 0 and store.used == 0
+    store.write("aa.blob", [b"y" * 10, memoryview(b"z" * 5)], 15)
+    assert store.path("aa.blob").read_bytes() == b"y" * 10 + b"z" * 5
+    assert store.used == 15
+
+
+def test_more_bytes_than_announced_are_refused(tmp_path):
+    store = FileStore(tmp_path, 1 << 20)
+    with pytest.raises(OSError) as exc:
+        store.write("bb.blob", [b"x" * 11], 10)
+    assert exc.value.errno == errno.EFBIG
+    assert on_disk(store) == 0 and store.used == 0
+    with pytest.raises(OSError) as exc:
+        store.write("bb.blob", [b"x"], 2 << 20)
+    assert exc.value.errno == errno.EFBIG
+
+
+def test_the_least_recently_used_files_go_first(tmp_path):
+    store = FileStore(tmp_path, 10_000)
+    for n in range(4):
+        store.write(f"f{n}.blob", [bytes(2000)], 2000)
+        time.sleep(0.01)
+    assert store.touch("f0.blob")  # used again: now the newest
+    store.write("f4.blob", [bytes(4000)], 4000)
+    left = {f.name for f in store.files()}
+    assert "f0.blob" in left and "f4.blob" in left and "f1.blob" not in left, left
+    assert on_disk(store) <= 10_000 and store.used == on_disk(store)
+    assert not store.touch("f1.blob")
+
+
+def test_the_cap_holds_while_threads_write_at_once(tmp_path):
+    cap = 256 * 1024
+    store = FileStore(tmp_path, cap)
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], on_disk_between_writes(tmp_path))
+
+    def writer(t: int) -> None:
+        for n in range(60):
+            store.write(f"{t:02d}{n}.blob", [os.urandom(8192)], 8192)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    sampler.join()
+    assert peak[0] <= cap, peak[0]
+    assert store.used == on_disk(store), (store.used, on_disk(store))
+    assert len(store.files()) > cap // 8192 * 0.8  # evicted down to the cap, not far below
+
+
+def test_two_stores_on_one_dir_hold_one_cap(tmp_path):
+    cap = 100_000
+    a, b = FileStore(tmp_path, cap), FileStore(tmp_path, cap)
+    for n in range(30):
+        (a if n % 2 else b).write(f"s{n:02d}.blob", [bytes(9000)], 9000)
+    assert on_disk(a) <= cap
+    assert a.used == b.used == on_disk(a)
+    names = {f.name for f in b.files()}
+    assert "s29.blob" in names and "s28.blob" in names  # each sees the other's newest files
+
+
+def test_a_killed_writers_temporary_file_is_removed_and_a_live_ones_counted(tmp_path):
+    store = FileStore(tmp_path, 1 << 20)
+    shard = store.files_dir / "ab"
+    shard.mkdir()
+    dead = shard / ".tmp.5000.1.2.3"
+    dead.write_bytes(bytes(100))
+    old = time.time() - 60
+    os.utime(dead, (old, old))
+    live = shard / ".tmp.7000.1.2.4"
+    live.write_bytes(bytes(100))
+    os.utime(live, (old, old))
+    fd = os.open(live, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held as a writer would
+        store.prune()
+        assert not dead.exists() and live.exists()
+        assert store.used == 7000  # what it announced, not what it holds yet
+    finally:
+        os.close(fd)
+
+
+def test_a_restart_with_a_smaller_cap_shrinks_the_store(tmp_path):
+    store = FileStore(tmp_path, 1 << 20)
+    for n in range(10):
+        store.write(f"r{n}.blob", [bytes(50_000)], 50_000)
+    store.close()
+    small = FileStore(tmp_path, 200_000)
+    assert on_disk(small) <= 200_000 and small.used == on_disk(small)
+
+
+def test_a_lost_ledger_is_rebuilt_from_the_files(tmp_path):
+    store = FileStore(tmp_path, 1 << 20)
+    store.write("l1.blob", [bytes(1234)], 1234)
+    store.close()
+    (tmp_path / "ledger").unlink()
+    again = FileStore(Path(tmp_path), 1 << 20)
+    assert again.used == 1234
+
+
+def test_clear_and_prune_leave_the_store_usable(tmp_path):
+    store = FileStore(tmp_path, 1 << 20)
+    for n in range(5):
+        store.write(f"k{n}/part.blob", [bytes(1000)], 1000)  # a name with its own directory
+    assert store.listing("k0")[1] == ["part.blob"]
+    store.prune(2500)
+    assert on_disk(store) <= 2500
+    store.clear()
+    assert store.files() == [] and store.used == 0
+    assert store.listing("k0") is None  # the emptied directory went too
+    store.write("k0/part.blob", [b"again"], 5)
+    assert store.path("k0/part.blob").read_bytes() == b"again"
