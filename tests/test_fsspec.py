@@ -397,3 +397,11 @@ def test_filesystems_of_one_cache_dir_share_one_engine_and_memory_cap(zmfs, tmp_
     cache = one.tree.slot.reach.cache
     assert two.tree.reach.cache is cache and other.tree.slot.reach.cache is not cache
     assert cache.memory.capacity == 64 * 2**20
+
+
+def test_root_serves_a_subdirectory_of_the_archive(zmfs, samples):
+    fs = zmfs("s3://data/rec/a.rkns", root="signals")
+    want = samples.rkns_a.subtree("signals")
+    assert set(fs.find("")) == set(want.files)
+    name = sorted(want.files)[0]
+    assert fs.cat_file(name) == want.files[name]

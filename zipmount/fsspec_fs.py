@@ -45,24 +45,21 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
-def _os_error(exc: ZipmountError, path: str = "") -> OSError:
+def _os_error(exc: ZipmountError) -> OSError:
     """The builtin exception for ``exc``: OSError picks FileNotFoundError, PermissionError,
-    IsADirectoryError, ... from the errno."""
+    IsADirectoryError, ... from the errno. The message already names the path."""
     if isinstance(exc, UsageError):
         return ValueError(str(exc))  # type: ignore[return-value]
-    err = OSError(exc.errno, str(exc))
-    if path:
-        err.filename = path
-    return err
+    return OSError(exc.errno, str(exc))
 
 
 @contextmanager
-def _boundary(path: str = "") -> Iterator[None]:
+def _boundary() -> Iterator[None]:
     """zipmount errors become builtin OSErrors here, at the boundary only."""
     try:
         yield
     except ZipmountError as exc:
-        raise _os_error(exc, path) from None
+        raise _os_error(exc) from None
 
 
 def _read_only(*_: Any, **__: Any) -> None:
@@ -105,7 +102,7 @@ class ZipmountFileSystem(AbstractFileSystem):
             "memory": memory, "ttl": ttl, "timeout": timeout, "suffixes": tuple(suffixes),
             "root": root,
         }
-        with _boundary(url):
+        with _boundary():
             self.tree: Tree = Engine.shared(settings).filesystem_tree(
                 fs, path, timeout=float(timeout), known=known, suffixes=tuple(suffixes),
                 root=root, ttl=float(ttl))
@@ -124,7 +121,7 @@ class ZipmountFileSystem(AbstractFileSystem):
     # -- metadata ---------------------------------------------------------------------------------
 
     def _stat(self, path: str) -> Node:
-        with _boundary(path):
+        with _boundary():
             return self.tree.stat(path)
 
     @staticmethod
@@ -146,7 +143,7 @@ class ZipmountFileSystem(AbstractFileSystem):
         except NotADirectory:  # fsspec: ls of a file lists that file
             return [self.info(path)] if detail else [path]
         except ZipmountError as exc:
-            raise _os_error(exc, path) from None
+            raise _os_error(exc) from None
         names = [(f"{path}/{name}" if path else name, kind) for name, kind in children]
         if not detail:
             return [name for name, _ in names]
@@ -172,7 +169,7 @@ class ZipmountFileSystem(AbstractFileSystem):
     # -- data -------------------------------------------------------------------------------------
 
     def _reader(self, path: str) -> MemberReader:
-        with _boundary(path):
+        with _boundary():
             return self.tree.open(path)
 
     def _open(self, path: str, mode: str = "rb", block_size: int | None = None,
@@ -193,7 +190,7 @@ class ZipmountFileSystem(AbstractFileSystem):
             stop = size if end is None else (max(0, size + end) if end < 0 else min(end, size))
             if stop <= begin:
                 return b""
-            with _boundary(path):
+            with _boundary():
                 return reader.read(begin, stop - begin)
         finally:
             reader.close()
@@ -253,7 +250,7 @@ class ZipmountFile(AbstractBufferedFile):
         self.details = fs._detail(path, node)
 
     def _fetch_range(self, start: int, end: int) -> bytes:
-        with _boundary(self.path):
+        with _boundary():
             return self.reader.read(start, end - start)
 
     def close(self) -> None:
