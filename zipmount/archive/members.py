@@ -1,34 +1,38 @@
-"""Member reads: stored members as byte ranges, compressed ones as decompression streams."""
+"""Member reads: stored members as byte ranges, compressed ones as bounded decompression streams
+(:mod:`.decompress`), bzip2/LZMA ones with a spill file for random access."""
 
 from __future__ import annotations
 
-import lzma
+import logging
 import os
 import struct
 import zipfile
 import zlib
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from ..errors import ArchiveError, ZipmountError
+from ..errors import ArchiveError
+from .decompress import MemberStream
 from .index import Entry
 from .readahead import Prefetcher
-from .remote import RemoteFile
 
 if TYPE_CHECKING:
     from .archive import Archive
 
+log = logging.getLogger(__name__)
+
 # Members up to this size are fetched whole by the first read: zarr reads chunks whole.
 WHOLE_MEMBER_MAX = 16 * 1024 * 1024
-# Compressed members at least this big get a spill file for non-sequential reads.
+# bzip2/LZMA members at least this big get a spill file for non-sequential reads.
 SPILL_MIN = 8 * 1024 * 1024
-# What zipfile's decompression streams raise on corrupt data (bz2: OSError, lzma: LZMAError).
-CORRUPT_DATA = (zipfile.BadZipFile, EOFError, zlib.error, OSError, ValueError, lzma.LZMAError)
+SPILL_METHODS = {zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+# A handle checks a big stored member's CRC-32 while it is read in order; reads that arrive
+# ahead of that order (the kernel's concurrent readahead) are held until the gap fills, up to:
+CRC_AHEAD_MAX = 4 * 1024 * 1024
 LOCAL_HEADER = struct.Struct("<4s5HIIIHH")
 
 
 class MemberReader:
-    """Reads of one member for one open file handle."""
+    """Reads of one member for one open file handle (calls on one handle never overlap)."""
 
     archive: Archive
     entry: Entry
@@ -45,17 +49,29 @@ class MemberReader:
 
 
 class StoredReader(MemberReader):
-    """A stored member is a byte range of the archive: no stream, any thread, any offset."""
+    """A stored member is a byte range of the archive: no stream, any thread, any offset.
+
+    Small members are CRC-checked whole when opened; a big one is checked by each handle that
+    reads it whole in order (the read that completes it fails with EIO on a mismatch).
+    """
 
     def __init__(self, archive: Archive, entry: Entry) -> None:
         self.archive = archive
         self.entry = entry
+        if entry.compress_size != entry.size:
+            raise ArchiveError(f"{entry.name}: stored member declares {entry.size} bytes but "
+                               f"holds {entry.compress_size}")
         archive.prefetcher.observe(entry.header_offset,
                                    entry.header_offset + LOCAL_HEADER.size + entry.raw_name_len
                                    + entry.extra_len + entry.compress_size, archive.cached.obj.size)
         self.start = archive.data_offset(entry)
         archive.verify_stored(entry, self.start)
-        self.prefetcher = Prefetcher(archive.cached) if entry.size > WHOLE_MEMBER_MAX else None
+        big = entry.size > WHOLE_MEMBER_MAX
+        self.prefetcher = Prefetcher(archive.cached) if big else None
+        self.crc_pos: int | None = 0 if big else None  # checked up to here; None: gave up
+        self.crc = 0
+        self.ahead: dict[int, bytes] = {}  # reads past crc_pos, by offset
+        self.ahead_bytes = 0
 
     def read(self, offset: int, size: int) -> bytes:
         begin = self.start + min(offset, self.entry.size)
@@ -64,91 +80,101 @@ class StoredReader(MemberReader):
             return b""
         if self.prefetcher is not None:
             self.prefetcher.observe(begin, end, self.start + self.entry.size)
-        return self.archive.cached.read(begin, end)
+        data = self.archive.cached.read(begin, end)
+        if self.crc_pos is not None:
+            self._check(offset, data)
+        return data
+
+    def _check(self, offset: int, data: bytes) -> None:
+        """Extend the in-order CRC-32 with ``data`` (at ``offset``); raise at the end on a mismatch."""
+        assert self.crc_pos is not None
+        if offset > self.crc_pos:
+            if offset - self.crc_pos + len(data) > CRC_AHEAD_MAX \
+                    or self.ahead_bytes + len(data) > CRC_AHEAD_MAX:
+                self.crc_pos = None  # not read in order: nothing to check
+                self.ahead.clear()
+            else:
+                self.ahead[offset] = data
+                self.ahead_bytes += len(data)
+            return
+        self._advance(offset, data)
+        while (held := next((a for a in self.ahead if a <= self.crc_pos), None)) is not None:
+            data = self.ahead.pop(held)
+            self.ahead_bytes -= len(data)
+            self._advance(held, data)
+        if self.crc_pos >= self.entry.size:
+            self.crc_pos = None
+            self.ahead.clear()
+            if self.crc != self.entry.crc:
+                raise ArchiveError(f"{self.entry.name}: CRC-32 mismatch (corrupt member)")
+
+    def _advance(self, offset: int, data: bytes) -> None:
+        assert self.crc_pos is not None
+        if offset + len(data) > self.crc_pos:
+            self.crc = zlib.crc32(memoryview(data)[self.crc_pos - offset:], self.crc)
+            self.crc_pos = offset + len(data)
+
+    def close(self) -> None:
+        self.ahead.clear()
 
 
 class CompressedReader(MemberReader):
-    """A decompression stream per open file; big members switch to a spill file on a seek."""
+    """A bounded decompression stream per open file (see :mod:`.decompress`).
+
+    A big bzip2/LZMA member switches to its spill file (when there is a disk cache) when a read
+    steps back past the stream's window; spill failures of any kind fall back to the stream.
+    """
 
     def __init__(self, archive: Archive, entry: Entry) -> None:
         self.archive = archive
         self.entry = entry
-        self.stream: zipfile.ZipExtFile | None = None
-        self.pos = 0
+        self.stream = MemberStream(archive.cached, entry, archive.data_offset(entry),
+                                   archive.member_version(entry))
+        self.spillable = (entry.method in SPILL_METHODS and entry.size >= SPILL_MIN
+                          and archive.disk is not None)
         self.spill: int | None = None  # fd of the spill file
 
     def read(self, offset: int, size: int) -> bytes:
+        if self.spill is None and self.spillable and self.stream.needs_restart(offset):
+            self._open_spill()
         if self.spill is not None:
-            return os.pread(self.spill, size, offset)
-        if offset != self.pos and self.entry.size >= SPILL_MIN:
+            try:
+                return os.pread(self.spill, min(size, max(0, self.entry.size - offset)), offset)
+            except OSError as exc:
+                log.warning("spill file of %s unreadable (%s): decompressing instead",
+                            self.entry.name, exc)
+                self._close_spill()
+                self.spillable = False
+        return self.stream.read(offset, size)
+
+    def _open_spill(self) -> None:
+        """Open the spill file, making it if needed; on failure stream on (never an error)."""
+        for _ in range(2):  # a spill file deleted behind the daemon is made again, once
             path = self.archive.spill_path(self.entry)
-            if path is not None:
-                self._close_stream()
-                self.spill = os.open(path, os.O_RDONLY)
-                return os.pread(self.spill, size, offset)
-        if self.stream is None or offset < self.pos:
-            self._close_stream()
-            self.stream = open_stream(self.archive, self.entry)
-            self.pos = 0
-        try:
-            data = b""
-            while self.pos < offset:  # forward skip: decompress and drop
-                skipped = self.stream.read(min(offset - self.pos, 1 << 20))
-                if not skipped:
-                    break
-                self.pos += len(skipped)
-            else:
-                data = self.stream.read(size)
-        except CORRUPT_DATA as exc:
-            if isinstance(exc, ZipmountError):
-                raise
-            self._close_stream()
-            raise ArchiveError(f"{self.entry.name}: {exc}") from None
-        self.pos += len(data)
-        if len(data) < size and self.pos < self.entry.size:
-            # The stream ended (with a matching CRC) before the size the index declares.
-            self._close_stream()
-            raise ArchiveError(f"{self.entry.name}: data ends after {self.pos} bytes, "
-                               f"{self.entry.size} declared")
-        return data
+            if path is None:
+                break
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                self.archive.forget_spill(self.entry)
+                continue
+            except OSError as exc:
+                log.warning("spill file of %s cannot be opened (%s): decompressing instead",
+                            self.entry.name, exc)
+                break
+            if os.fstat(fd).st_size == self.entry.size:
+                self.stream.close()  # the spill file serves this handle from now on
+                self.spill = fd
+                return
+            os.close(fd)
+            self.archive.forget_spill(self.entry)
+        self.spillable = False
 
-    def _close_stream(self) -> None:
-        if self.stream is not None:
-            self.stream.close()
-            self.stream = None
-
-    def close(self) -> None:
-        self._close_stream()
+    def _close_spill(self) -> None:
         if self.spill is not None:
             os.close(self.spill)
             self.spill = None
 
-
-def open_stream(archive: Archive, entry: Entry) -> zipfile.ZipExtFile:
-    start = archive.data_offset(entry)
-    limit = start + entry.compress_size
-    prefetcher = Prefetcher(archive.cached)
-    raw = RemoteFile(archive.cached, lambda a, b: prefetcher.observe(a, min(b, limit), limit))
-    raw.seek(start)
-    info = zipfile.ZipInfo(entry.name)
-    info.compress_type = entry.method
-    info.compress_size = entry.compress_size
-    info.file_size = entry.size
-    info.CRC = entry.crc
-    return zipfile.ZipExtFile(raw, "r", info)
-
-
-def stream_chunks(archive: Archive, entry: Entry) -> Iterator[bytes]:
-    stream = open_stream(archive, entry)
-    total = 0
-    try:
-        while chunk := stream.read(1 << 20):
-            total += len(chunk)
-            yield chunk
-    except CORRUPT_DATA as exc:
-        raise ArchiveError(f"{entry.name}: {exc}") from None
-    finally:
-        stream.close()
-    if total != entry.size:
-        raise ArchiveError(f"{entry.name}: data ends after {total} bytes, {entry.size} declared")
-
+    def close(self) -> None:
+        self.stream.close()
+        self._close_spill()

@@ -1,0 +1,396 @@
+"""Member reads over local archive files, without FUSE: bounded decompression of every method,
+checkpoints and the window for out-of-order reads, stored-member bounds and CRCs, spill files.
+
+Archives are written byte by byte (tests/robust/zips.py) with payloads compressed here by the
+standard library, and read through the real layers: ``Source.for_url(local path)`` ->
+``BlockCache`` -> ``CachedObject`` -> ``Archive``.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import lzma
+import os
+import random
+import resource
+import signal
+import struct
+import zlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pytest
+from robust.zips import RawMember, raw_zip
+
+from zipmount.archive import Archive, CachedObject
+from zipmount.archive import decompress as dz
+from zipmount.archive.members import SPILL_MIN, WHOLE_MEMBER_MAX
+from zipmount.cache import BlockCache, DiskTier
+from zipmount.errors import ArchiveError
+from zipmount.source import Source, StorageOptions
+from zipmount.stats import Stats
+
+MiB = 2**20
+DEFLATE, BZIP2, LZMA = 8, 12, 14
+METHODS = [DEFLATE, BZIP2, LZMA]
+
+
+def text(seed: int, size: int) -> bytes:
+    """Compressible but irregular bytes (words drawn at random)."""
+    rng = random.Random(seed)
+    words = [bytes(rng.choice(b"abcdefghijklmnop") for _ in range(rng.randint(2, 9)))
+             for _ in range(400)]
+    out = bytearray()
+    while len(out) < size:
+        out += b" ".join(rng.choices(words, k=4096)) + b"\n"
+    return bytes(out[:size])
+
+
+def compress(method: int, chunks: Iterable[bytes]) -> bytes:
+    """A zip member payload of ``method`` for the concatenated ``chunks``."""
+    if method == DEFLATE:
+        c = zlib.compressobj(1, zlib.DEFLATED, -15)
+    elif method == BZIP2:
+        c = bz2.BZ2Compressor(9)
+    else:
+        c = lzma.LZMACompressor(lzma.FORMAT_RAW, filters=[
+            {"id": lzma.FILTER_LZMA1, "preset": 0, "dict_size": 8 * MiB, "lc": 3, "lp": 0, "pb": 2}])
+    body = b"".join(c.compress(chunk) for chunk in chunks) + c.flush()
+    if method == LZMA:  # zip's LZMA header: version 9.4, 5 bytes of properties
+        body = struct.pack("<BBH", 9, 4, 5) + struct.pack("<BI", (2 * 5 + 0) * 9 + 3, 8 * MiB) + body
+    return body
+
+
+def member(name: str, method: int, plain: bytes, **kw) -> RawMember:
+    return RawMember(name.encode(), plain, method=method, payload=compress(method, [plain]), **kw)
+
+
+def bomb(name: str, method: int, size: int) -> RawMember:
+    """``size`` zero bytes, compressed without ever holding them."""
+    zeros = bytes(MiB)
+    crc = 0
+    for _ in range(size // MiB):
+        crc = zlib.crc32(zeros, crc)
+    return RawMember(name.encode(), method=method, payload=compress(method, [zeros] * (size // MiB)),
+                     crc=crc, file_size=size)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+@contextlib.contextmanager
+def opened(path: Path, disk_root: Path | None = None, disk_size: int = 256 * MiB
+           ) -> Iterator[Archive]:
+    stats = Stats()
+    source, inner = Source.for_url(str(path), StorageOptions(timeout=10, retries=0), stats)
+    disk = DiskTier(disk_root, disk_size) if disk_root is not None else None
+    cache = BlockCache(32 * MiB, disk, stats)
+    try:
+        yield Archive.open(CachedObject(source, source.stat(inner), cache), disk)
+    finally:
+        cache.close()  # closes the disk tier too
+
+
+def write_zip(workdir: Path, members: list[RawMember], name: str = "a.zip") -> Path:
+    path = workdir / name
+    path.write_bytes(raw_zip(members))
+    return path
+
+
+def read_all(archive: Archive, name: str, step: int = 128 * 1024) -> bytes:
+    reader = archive.reader(archive.entries[name])
+    try:
+        out, offset = [], 0
+        while chunk := reader.read(offset, step):
+            out.append(chunk)
+            offset += len(chunk)
+        return b"".join(out)
+    finally:
+        reader.close()
+
+
+def peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+
+
+def reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+# -- decompression ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_reads_back_exactly_in_order_out_of_order_and_at_random(workdir, method):
+    plain = text(method, 3 * MiB + 12345)
+    with opened(write_zip(workdir, [member("m", method, plain)])) as archive:
+        assert read_all(archive, "m") == plain
+        reader = archive.reader(archive.entries["m"])
+        try:
+            # the kernel's concurrent readahead: 128 KiB READs, neighbours swapped
+            offsets = list(range(0, len(plain), 128 * 1024))
+            for i in range(0, len(offsets) - 1, 2):
+                offsets[i], offsets[i + 1] = offsets[i + 1], offsets[i]
+            for offset in offsets:
+                assert reader.read(offset, 128 * 1024) == plain[offset: offset + 128 * 1024]
+            rng = random.Random(method)
+            for _ in range(20 if method == DEFLATE else 4):
+                offset = rng.randrange(len(plain))
+                assert reader.read(offset, 4096) == plain[offset: offset + 4096], offset
+            assert reader.read(len(plain) - 10, 100) == plain[-10:]
+            assert reader.read(len(plain), 100) == b""
+        finally:
+            reader.close()
+
+
+@pytest.mark.parametrize("method", [BZIP2, LZMA, DEFLATE])
+def test_one_read_of_a_compression_bomb_takes_bounded_memory(workdir, method):
+    size = 64 * MiB
+    with opened(write_zip(workdir, [bomb("zeros", method, size)])) as archive:
+        reader = archive.reader(archive.entries["zeros"])
+        try:
+            reset_peak_rss()
+            before = peak_rss()
+            assert reader.read(0, 128 * 1024) == bytes(128 * 1024)
+            assert reader.read(40 * MiB, 128 * 1024) == bytes(128 * 1024)  # forward skip
+            grew = peak_rss() - before
+        finally:
+            reader.close()
+    # zipfile's bzip2/LZMA streams took the whole member (+64 MiB) on the first read
+    assert grew < 24 * MiB, f"peak RSS grew {grew / MiB:.0f} MiB for two 128 KiB reads"
+
+
+def test_an_lzma_dictionary_bigger_than_the_member_is_clamped_and_a_huge_one_refused(workdir):
+    plain = text(1, 100_000)
+    c = lzma.LZMACompressor(lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA1, "dict_size": MiB}])
+    raw = c.compress(plain) + c.flush()
+    props = struct.pack("<BBHBI", 9, 4, 5, 93, 0xFFFFFFFF)  # claims a 4 GiB dictionary
+    huge = 2**31
+    members = [RawMember(b"clamped", plain, method=LZMA, payload=props + raw),
+               RawMember(b"huge", method=LZMA, payload=props + raw, file_size=huge)]
+    with opened(write_zip(workdir, members)) as archive:
+        assert read_all(archive, "clamped") == plain
+        with pytest.raises(ArchiveError, match="dictionary"):
+            archive.reader(archive.entries["huge"]).read(0, 4096)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_crc_mismatch_fails_the_read_that_completes_the_member(workdir, method):
+    plain = text(2, 3 * MiB)
+    with opened(write_zip(workdir, [member("bad", method, plain, crc=zlib.crc32(plain) ^ 1)])
+                ) as archive:
+        reader = archive.reader(archive.entries["bad"])
+        try:
+            assert reader.read(0, MiB) == plain[:MiB]
+            with pytest.raises(ArchiveError, match="CRC"):
+                reader.read(MiB, 2 * MiB)
+            with pytest.raises(ArchiveError, match="CRC"):  # also after a restart from a checkpoint
+                reader.read(len(plain) - 10, 10)
+        finally:
+            reader.close()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_data_shorter_than_declared_or_corrupt_is_an_archive_error(workdir, method):
+    plain = text(3, 200_000)
+    good = compress(method, [plain])
+    members = [member("short", method, plain, file_size=len(plain) + 1),
+               RawMember(b"truncated", plain, method=method, payload=good[: len(good) // 2]),
+               RawMember(b"garbage", plain, method=method,
+                         payload=good[:9] + bytes(200) + good[209:])]
+    with opened(write_zip(workdir, members)) as archive:
+        for name in ("short", "truncated", "garbage"):
+            with pytest.raises(ArchiveError):
+                read_all(archive, name)
+
+
+def test_random_reads_of_a_deflated_member_start_from_its_checkpoints(workdir):
+    plain = text(4, 12 * MiB)
+    with opened(write_zip(workdir, [member("big", DEFLATE, plain)])) as archive:
+        first = archive.reader(archive.entries["big"])
+        assert first.read(len(plain) - 4096, 4096) == plain[-4096:]  # decodes all, checkpoints
+        first.close()
+        rng = random.Random(4)
+        for _ in range(30):
+            reader = archive.reader(archive.entries["big"])  # a new handle: shared checkpoints
+            offset = rng.randrange(len(plain))
+            assert reader.read(offset, 4096) == plain[offset: offset + 4096]
+            stream = reader.stream.stream
+            assert offset - stream.started_at <= dz.CHECKPOINT_EVERY + dz.PIECE, \
+                f"decompressed {offset - stream.started_at} bytes to reach {offset}"
+            reader.close()
+
+
+def test_backward_steps_inside_the_window_reuse_the_stream(workdir):
+    plain = text(5, 8 * MiB)
+    with opened(write_zip(workdir, [member("m", BZIP2, plain)])) as archive:
+        reader = archive.reader(archive.entries["m"])
+        try:
+            assert reader.read(0, 3 * MiB) == plain[: 3 * MiB]
+            stream = reader.stream.stream
+            back = 3 * MiB - dz.WINDOW + 4096
+            assert reader.read(back, 4096) == plain[back: back + 4096]
+            assert reader.read(3 * MiB, 4096) == plain[3 * MiB: 3 * MiB + 4096]
+            assert reader.stream.stream is stream, "a step back inside the window restarted"
+        finally:
+            reader.close()
+
+
+def test_checkpoints_stay_within_their_budget(workdir):
+    store = dz.CheckpointStore(budget=8 * dz.CHECKPOINT_COST)
+    plain = text(6, 12 * MiB)
+    with opened(write_zip(workdir, [member("a", DEFLATE, plain), member("b", DEFLATE, plain)])
+                ) as archive:
+        for name in ("a", "b"):
+            entry = archive.entries[name]
+            stream = dz.MemberStream(archive.cached, entry, archive.data_offset(entry), name, store)
+            assert stream.read(len(plain) - 10, 10) == plain[-10:]
+            assert store.used <= store.budget
+    assert store.nearest("b", len(plain)) is not None  # the most recent member is kept
+
+
+# -- stored members -------------------------------------------------------------------------------
+
+
+def test_a_stored_member_declaring_more_bytes_than_it_holds_is_an_error_not_its_neighbour(workdir):
+    # The index drops members whose central record alone runs over the next header; these
+    # lie by less than their local extra field, which only the member read sees.
+    pad = b"\xfe\xca" + struct.pack("<H", 96) + bytes(96)
+    members = [RawMember(b"liar", b"L" * 1000, file_size=1050, compress_size=1050, extra=pad),
+               RawMember(b"next", b"N" * 1000),
+               RawMember(b"last", b"Z" * 100, file_size=150, compress_size=150, extra=pad),
+               RawMember(b"mismatch", b"M" * 100, file_size=200)]
+    with opened(write_zip(workdir, members)) as archive:
+        with pytest.raises(ArchiveError, match="next member"):
+            archive.reader(archive.entries["liar"])
+        assert read_all(archive, "next") == b"N" * 1000
+        with pytest.raises(ArchiveError, match="next member or the central directory"):
+            archive.reader(archive.entries["last"])
+        with pytest.raises(ArchiveError, match="declares 200 bytes but holds 100"):
+            archive.reader(archive.entries["mismatch"])
+
+
+def test_a_big_stored_member_read_whole_in_order_is_crc_checked(workdir):
+    plain = random.Random(7).randbytes(WHOLE_MEMBER_MAX + 3 * MiB + 5)
+    members = [RawMember(b"good", plain), RawMember(b"bad", plain, crc=zlib.crc32(plain) ^ 1)]
+    with opened(write_zip(workdir, members)) as archive:
+        assert read_all(archive, "good") == plain
+        for name in ("good", "bad"):
+            reader = archive.reader(archive.entries[name])
+            offsets = list(range(0, len(plain), 128 * 1024))
+            for i in range(0, len(offsets) - 3, 3):  # readahead reorders by a few READs
+                offsets[i], offsets[i + 2] = offsets[i + 2], offsets[i]
+            try:
+                for n, offset in enumerate(offsets):
+                    completes = n == len(offsets) - 1
+                    if name == "bad" and completes:
+                        with pytest.raises(ArchiveError, match="CRC"):
+                            reader.read(offset, 128 * 1024)
+                    else:
+                        assert reader.read(offset, 128 * 1024) == plain[offset: offset + 128 * 1024]
+            finally:
+                reader.close()
+        reader = archive.reader(archive.entries["bad"])  # random reads: nothing to check
+        assert reader.read(5 * MiB, 100) == plain[5 * MiB: 5 * MiB + 100]
+        reader.close()
+
+
+# -- spill files ------------------------------------------------------------------------------------
+
+
+SPILL_PLAIN = text(8, SPILL_MIN + MiB)
+
+
+def spill_files(disk_root: Path) -> list[Path]:
+    return sorted(disk_root.glob("files/*/*.spill"))
+
+
+def jump_back(archive: Archive, name: str = "m") -> None:
+    """Read past the window, then step back to the start: what makes a spill file."""
+    reader = archive.reader(archive.entries[name])
+    try:
+        assert reader.read(SPILL_MIN, 4096) == SPILL_PLAIN[SPILL_MIN: SPILL_MIN + 4096]
+        assert reader.read(10, 4096) == SPILL_PLAIN[10: 4106]
+        assert reader.read(len(SPILL_PLAIN) - 5, 10) == SPILL_PLAIN[-5:]
+    finally:
+        reader.close()
+
+
+@pytest.fixture(scope="module")
+def spill_zip(tmp_path_factory) -> Path:
+    return write_zip(tmp_path_factory.mktemp("spill"), [member("m", BZIP2, SPILL_PLAIN)])
+
+
+def test_a_bzip2_member_read_backwards_spills_and_a_deflated_one_does_not(workdir, spill_zip):
+    plain = SPILL_PLAIN
+    path = write_zip(workdir, [member("d", DEFLATE, plain)], "d.zip")
+    with opened(spill_zip, workdir / "cache") as archive:
+        jump_back(archive)
+        assert len(spill_files(workdir / "cache")) == 1
+    with opened(path, workdir / "cache2") as archive:
+        reader = archive.reader(archive.entries["d"])
+        assert reader.read(SPILL_MIN, 4096) == plain[SPILL_MIN: SPILL_MIN + 4096]
+        assert reader.read(10, 4096) == plain[10: 4106]
+        reader.close()
+        assert spill_files(workdir / "cache2") == []
+
+
+@contextlib.contextmanager
+def file_size_limit(nbytes: int) -> Iterator[None]:
+    """Writes past ``nbytes`` fail with EFBIG (RLIMIT_FSIZE): a real write failure mid-file."""
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, old_limit[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+
+
+def test_a_spill_write_failure_falls_back_to_streaming(workdir, spill_zip, caplog):
+    with opened(spill_zip, workdir / "cache") as archive, file_size_limit(4 * MiB):
+        jump_back(archive)
+        jump_back(archive)  # a second handle streams too, without trying again
+    assert caplog.text.count("cannot write the spill file") == 1, caplog.text
+    assert spill_files(workdir / "cache") == []
+    assert not list((workdir / "cache").glob("files/*/.tmp*")), "a partial spill file was left"
+
+
+def test_a_spill_file_deleted_behind_the_daemon_is_made_again(workdir, spill_zip):
+    root = workdir / "cache"
+    with opened(spill_zip, root) as archive:
+        jump_back(archive)
+        (spill,) = spill_files(root)
+        spill.unlink()
+        jump_back(archive)
+        assert spill.exists()
+
+
+def test_a_damaged_spill_file_is_checked_and_made_again_after_a_restart(workdir, spill_zip):
+    root = workdir / "cache"
+    with opened(spill_zip, root) as archive:
+        jump_back(archive)
+    (spill,) = spill_files(root)
+    with open(spill, "r+b") as f:  # a zeroed region, same size
+        f.seek(100)
+        f.write(bytes(8192))
+    with opened(spill_zip, root) as archive:  # a restart: same cache directory
+        jump_back(archive)
+    assert zlib.crc32(spill.read_bytes()) == zlib.crc32(SPILL_PLAIN)
+
+
+def test_a_spill_file_of_the_wrong_size_is_made_again(workdir, spill_zip):
+    root = workdir / "cache"
+    with opened(spill_zip, root) as archive:
+        jump_back(archive)
+    (spill,) = spill_files(root)
+    os.truncate(spill, 1000)
+    with opened(spill_zip, root) as archive:
+        jump_back(archive)
+    assert spill.stat().st_size == len(SPILL_PLAIN)

@@ -1,0 +1,417 @@
+"""Streaming decompression of zip members in bounded memory, with cheap random access.
+
+Why not :class:`zipfile.ZipExtFile`: for bzip2 and LZMA it calls ``decompress()`` without an output
+limit, so a few hundred bytes of input can expand to gigabytes in one call (a 518-byte archive
+holding a 512 MiB bzip2 member took 1 GiB on one 128 KiB read), and it can only seek by restarting
+from the member's start (a ``cat`` of a 2 GiB deflated member, whose concurrent readahead READs
+arrive slightly out of order, restarted at every backward step). Here:
+
+- **Bounded per call.** Every ``decompress()`` call gets ``max_length`` (at most PIECE bytes of
+  output) and at most INPUT_PIECE bytes of compressed input, read from the block cache. The
+  CRC-32 is computed as the data goes; at the declared size it must match, and data that ends
+  before the declared size is an error (:class:`ArchiveError`, EIO). Bytes past the declared
+  size are not served (as zipfile does; the CRC covers the declared bytes).
+- **Bounded per handle.** A :class:`MemberStream` (one per open file) holds one decoder and a
+  *window* of the last WINDOW bytes it produced (plus the read in progress), so the kernel's
+  slightly out-of-order readahead READs on one handle are served from the window. A decoder is
+  ~40 KiB for deflate, ~4 MiB for bzip2 (900k blocks) and up to LZMA_DICT_MAX for LZMA: the
+  dictionary is clamped to the member's declared size (a bigger one is never needed) and a
+  member that would still need more is refused (EIO) rather than allowed to take gigabytes.
+- **Checkpoints (deflate).** Every ``spacing`` bytes of output (CHECKPOINT_EVERY, or more for
+  members so big that they would need over CHECKPOINTS_PER_MEMBER) a stream records a copy of
+  its decoder (``zlib.decompressobj().copy()``, ~35 KiB) with the compressed offset and the
+  CRC-32 at that point, as indexed_gzip and ratarmount do for gzip. Checkpoints belong to the
+  member, not the handle: every handle of the member starts from the nearest one at or before
+  the offset it wants, also a handle opened later. They live in one :class:`CheckpointStore` per
+  daemon (LRU by member, CHECKPOINT_BUDGET bytes in all). A random read thus costs at most
+  ``spacing`` bytes of decompression (a few ms), never a restart from the start.
+- **bzip2/LZMA** decoders cannot be copied, so they have no checkpoints: forward reads stream,
+  backward steps inside the window are free, and a backward step beyond the window restarts from
+  the member's start — unless the member gets a *spill file* (see ``Archive.spill_path``): with
+  a disk cache, a bzip2/LZMA member of at least SPILL_MIN bytes is decompressed once into the
+  disk cache at its first such step and read from there. Deflate members never spill:
+  checkpoints give random access in memory at a few ms per read, without writing the whole
+  member to disk first (nor evicting the cache for it). Without a disk cache, random access
+  into a big bzip2/LZMA member costs a decompression from its start per backward jump: bounded
+  memory, unbounded time (the trade documented in the README).
+"""
+
+from __future__ import annotations
+
+import bisect
+import bz2
+import lzma
+import struct
+import threading
+import zipfile
+import zlib
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from ..errors import ArchiveError, MemberUnsupported
+from .readahead import Prefetcher
+
+if TYPE_CHECKING:
+    from .index import Entry
+    from .remote import CachedObject
+
+PIECE = 256 * 1024  # output per decompress() call
+INPUT_PIECE = 64 * 1024  # compressed input per cache read (one block)
+WINDOW = 2 * 1024 * 1024  # recent output kept per handle (the kernel's readahead reorders ~1.5 MiB)
+CHECKPOINT_EVERY = 2 * 1024 * 1024
+CHECKPOINTS_PER_MEMBER = 128
+CHECKPOINT_COST = 40 * 1024  # what one zlib decoder copy takes (measured ~35 KiB)
+CHECKPOINT_BUDGET = 32 * 1024 * 1024
+LZMA_DICT_MAX = 64 * 1024 * 1024  # 7-Zip's "ultra" dictionary; zipfile writes 8 MiB ones
+# What the decoders raise on corrupt data (bz2: OSError, LZMA: LZMAError, after the end: EOFError).
+CORRUPT_DATA = (zlib.error, OSError, EOFError, ValueError, lzma.LZMAError)
+
+
+class Decoder(Protocol):
+    """One decompressor: ``decompress(data, limit)`` returns at most ``limit`` bytes."""
+
+    eof: bool
+
+    def needs_input(self) -> bool: ...
+
+    def decompress(self, data: bytes, limit: int) -> bytes: ...
+
+    def pending(self) -> int:
+        """Input bytes given but not consumed (they must be fed again after a copy)."""
+        ...
+
+    def copy(self) -> Decoder | None:
+        """An independent copy of the state, or None if the format cannot be copied."""
+        ...
+
+
+class _Inflate:
+    """Raw deflate; zlib keeps unconsumed input in ``unconsumed_tail`` when the limit is hit."""
+
+    def __init__(self, obj: zlib._Decompress | None = None) -> None:
+        self.obj = obj if obj is not None else zlib.decompressobj(-15)
+        self.tail = b""
+        self.full = False  # the last call stopped at its output limit: more may come without input
+
+    @property
+    def eof(self) -> bool:
+        return self.obj.eof
+
+    def needs_input(self) -> bool:
+        return not self.tail and not self.full
+
+    def decompress(self, data: bytes, limit: int) -> bytes:
+        out = self.obj.decompress(self.tail or data, limit)
+        self.tail = self.obj.unconsumed_tail
+        self.full = len(out) == limit
+        return out
+
+    def pending(self) -> int:
+        return len(self.tail)
+
+    def copy(self) -> _Inflate:
+        return _Inflate(self.obj.copy())  # fed again from the checkpoint's input offset
+
+
+class _Buffered:
+    """bzip2 or LZMA: the decompressor buffers its input itself (``needs_input``)."""
+
+    def __init__(self, obj: bz2.BZ2Decompressor | lzma.LZMADecompressor) -> None:
+        self.obj = obj
+
+    @property
+    def eof(self) -> bool:
+        return self.obj.eof
+
+    def needs_input(self) -> bool:
+        return self.obj.needs_input
+
+    def decompress(self, data: bytes, limit: int) -> bytes:
+        return self.obj.decompress(data, limit)
+
+    def pending(self) -> int:
+        return 0
+
+    def copy(self) -> None:
+        return None
+
+
+class _ZipLzma:
+    """LZMA as zip stores it: version (2 bytes), properties size (2), properties (5), raw LZMA1.
+
+    Same format as ``zipfile.LZMADecompressor``; here the dictionary is clamped and checked.
+    """
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name = name
+        self.size = size
+        self.head = b""
+        self.inner: _Buffered | None = None
+
+    @property
+    def eof(self) -> bool:
+        return self.inner is not None and self.inner.eof
+
+    def needs_input(self) -> bool:
+        return self.inner is None or self.inner.needs_input()
+
+    def decompress(self, data: bytes, limit: int) -> bytes:
+        if self.inner is None:
+            self.head += data
+            if len(self.head) < 4:
+                return b""
+            (psize,) = struct.unpack_from("<H", self.head, 2)
+            if len(self.head) < 4 + psize:
+                return b""
+            if psize != 5:
+                raise lzma.LZMAError(f"LZMA properties of {psize} bytes, 5 expected")
+            lclppb, dict_size = struct.unpack_from("<BI", self.head, 4)
+            lc, lp, pb = lclppb % 9, lclppb // 9 % 5, lclppb // 45
+            # Distances never reach past the output so far: a dictionary bigger than the
+            # member is never used, so it is not allocated either.
+            dict_size = max(4096, min(dict_size, self.size))
+            if dict_size > LZMA_DICT_MAX:
+                raise MemberUnsupported(f"{self.name}: LZMA dictionary of {dict_size} bytes "
+                                        f"(at most {LZMA_DICT_MAX} are supported)")
+            self.inner = _Buffered(lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[
+                {"id": lzma.FILTER_LZMA1, "dict_size": dict_size, "lc": lc, "lp": lp, "pb": pb}]))
+            data = self.head[4 + psize:]
+            self.head = b""
+        return self.inner.decompress(data, limit)
+
+    def pending(self) -> int:
+        return 0
+
+    def copy(self) -> None:
+        return None
+
+
+def make_decoder(entry: Entry) -> Decoder:
+    if entry.method == zipfile.ZIP_DEFLATED:
+        return _Inflate()
+    if entry.method == zipfile.ZIP_BZIP2:
+        return _Buffered(bz2.BZ2Decompressor())
+    if entry.method == zipfile.ZIP_LZMA:
+        return _ZipLzma(entry.name, entry.size)
+    raise MemberUnsupported(f"{entry.name}: unsupported compression method {entry.method}")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A decoder state at output offset ``out_pos``: feed it input from ``in_pos`` on."""
+
+    out_pos: int
+    in_pos: int
+    crc: int
+    decoder: Decoder
+
+
+class CheckpointStore:
+    """Checkpoints of every member of a daemon, least recently used members dropped first."""
+
+    def __init__(self, budget: int = CHECKPOINT_BUDGET) -> None:
+        self.budget = budget
+        self.used = 0
+        self._members: OrderedDict[str, tuple[list[int], dict[int, Checkpoint]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, member: str, ckpt: Checkpoint) -> None:
+        with self._lock:
+            positions, by_pos = self._members.setdefault(member, ([], {}))
+            self._members.move_to_end(member)
+            if ckpt.out_pos in by_pos:
+                return
+            bisect.insort(positions, ckpt.out_pos)
+            by_pos[ckpt.out_pos] = ckpt
+            self.used += CHECKPOINT_COST
+            while self.used > self.budget and self._members:
+                _, (dropped, _) = self._members.popitem(last=False)
+                self.used -= CHECKPOINT_COST * len(dropped)
+
+    def has(self, member: str, index: int, spacing: int) -> bool:
+        """Whether ``member`` has a checkpoint in the ``index``-th stretch of ``spacing`` bytes."""
+        with self._lock:
+            positions, _ = self._members.get(member, ((), None))
+            i = bisect.bisect_left(positions, index * spacing)
+            return i < len(positions) and positions[i] < (index + 1) * spacing
+
+    def nearest(self, member: str, offset: int) -> Checkpoint | None:
+        """The checkpoint of ``member`` closest at or before output offset ``offset``."""
+        with self._lock:
+            found = self._members.get(member)
+            if found is None:
+                return None
+            self._members.move_to_end(member)
+            positions, by_pos = found
+            i = bisect.bisect_right(positions, offset)
+            return by_pos[positions[i - 1]] if i else None
+
+
+CHECKPOINTS = CheckpointStore()  # one per daemon: the budget covers every archive it serves
+
+
+class Stream:
+    """Decompresses one member forward from its start or from a checkpoint."""
+
+    def __init__(self, cached: CachedObject, entry: Entry, data_start: int,
+                 checkpoints: CheckpointStore | None, member: str,
+                 start: Checkpoint | None = None) -> None:
+        self.cached = cached
+        self.entry = entry
+        self.data_end = data_start + entry.compress_size
+        self.checkpoints = checkpoints
+        self.member = member
+        self.prefetcher = Prefetcher(cached)
+        if start is None:
+            self.decoder = make_decoder(entry)
+            self.in_pos, self.out_pos, self.crc = data_start, 0, 0
+        else:
+            decoder = start.decoder.copy()  # the checkpoint itself stays as it was
+            assert decoder is not None
+            self.decoder = decoder
+            self.in_pos, self.out_pos, self.crc = start.in_pos, start.out_pos, start.crc
+        self.started_at = self.out_pos
+        self.spacing = max(CHECKPOINT_EVERY, -(-entry.size // CHECKPOINTS_PER_MEMBER))
+        self.copyable = checkpoints is not None and entry.method == zipfile.ZIP_DEFLATED
+        self.fed_last = False  # the end of the input was fed once already
+
+    def _fail(self, why: str) -> ArchiveError:
+        return ArchiveError(f"{self.entry.name}: {why}")
+
+    def decode(self) -> bytes:
+        """The next at most PIECE bytes of the member; b"" at its end (declared size reached).
+
+        Raises ArchiveError on corrupt data, a CRC mismatch (with the piece that ends the
+        member) or data that ends before the declared size.
+        """
+        size = self.entry.size
+        if self.out_pos >= size:
+            return b""
+        while True:
+            data = b""
+            if self.decoder.needs_input():
+                if self.in_pos < self.data_end:
+                    end = min(self.in_pos + INPUT_PIECE, self.data_end)
+                    self.prefetcher.observe(self.in_pos, end, self.data_end)
+                    data = self.cached.read(self.in_pos, end)
+                    if not data:
+                        raise self._fail("member data runs past the end of the archive")
+                    self.in_pos += len(data)
+                elif self.fed_last:
+                    raise self._fail(f"data ends after {self.out_pos} bytes, {size} declared")
+                else:
+                    self.fed_last = True  # one call without input: output the decoder holds
+            try:
+                out = self.decoder.decompress(data, min(PIECE, size - self.out_pos))
+            except CORRUPT_DATA as exc:
+                raise self._fail(f"corrupt compressed data ({exc})") from None
+            if out:
+                break
+            if self.decoder.eof:
+                raise self._fail(f"data ends after {self.out_pos} bytes, {size} declared")
+        self.out_pos += len(out)
+        self.crc = zlib.crc32(out, self.crc)
+        if self.out_pos >= size and self.crc != self.entry.crc:
+            raise self._fail("CRC-32 mismatch (corrupt member)")
+        if self.copyable and self.out_pos < size:
+            index = self.out_pos // self.spacing
+            assert self.checkpoints is not None
+            if index and not self.checkpoints.has(self.member, index, self.spacing):
+                copy = self.decoder.copy()
+                assert copy is not None
+                self.checkpoints.add(self.member, Checkpoint(
+                    self.out_pos, self.in_pos - self.decoder.pending(), self.crc, copy))
+        return out
+
+
+def member_chunks(cached: CachedObject, entry: Entry, data_start: int) -> Iterator[bytes]:
+    """The whole member, decompressed and checked, in pieces of at most PIECE bytes."""
+    stream = Stream(cached, entry, data_start, None, "")
+    while piece := stream.decode():
+        yield piece
+
+
+class MemberStream:
+    """Reads at any offset of one compressed member, for one open file handle.
+
+    Holds one :class:`Stream` and the window of its recent output; moves by the member's
+    checkpoints when that is shorter than decompressing forward from where it is.
+    """
+
+    def __init__(self, cached: CachedObject, entry: Entry, data_start: int, member: str,
+                 checkpoints: CheckpointStore | None = CHECKPOINTS) -> None:
+        self.cached = cached
+        self.entry = entry
+        self.data_start = data_start
+        self.member = member
+        self.checkpoints = checkpoints
+        self.stream: Stream | None = None
+        self.window: deque[tuple[int, bytes]] = deque()  # contiguous, ends at stream.out_pos
+        self.window_bytes = 0
+
+    @property
+    def window_start(self) -> int:
+        return self.window[0][0] if self.window else self.position
+
+    @property
+    def position(self) -> int:
+        """Where the stream is (what the next decoded byte's offset would be)."""
+        return self.stream.out_pos if self.stream is not None else 0
+
+    def needs_restart(self, offset: int) -> bool:
+        """Whether a read at ``offset`` would decompress from the member's start again."""
+        if self.stream is None or offset >= self.window_start:
+            return False
+        return self.checkpoints is None or self.checkpoints.nearest(self.member, offset) is None
+
+    def read(self, offset: int, size: int) -> bytes:
+        end = min(offset + size, self.entry.size)
+        if offset >= end:
+            return b""
+        self._seek(offset)
+        assert self.stream is not None
+        try:
+            while self.stream.out_pos < end:
+                piece = self.stream.decode()
+                self._remember(self.stream.out_pos - len(piece), piece, keep_from=offset)
+        except ArchiveError:
+            self.close()  # a broken stream is never continued
+            raise
+        return self._from_window(offset, end)
+
+    def _seek(self, offset: int) -> None:
+        """Put the stream where reading on to ``offset`` is cheapest."""
+        here = self.stream is not None and self.window_start <= offset
+        ckpt = self.checkpoints.nearest(self.member, offset) if self.checkpoints else None
+        if here and (ckpt is None or ckpt.out_pos <= self.position + PIECE):
+            return  # in the window, or not far enough ahead for a checkpoint to save work
+        self.window.clear()
+        self.window_bytes = 0
+        self.stream = Stream(self.cached, self.entry, self.data_start, self.checkpoints,
+                             self.member, ckpt)
+
+    def _remember(self, start: int, piece: bytes, keep_from: int) -> None:
+        self.window.append((start, piece))
+        self.window_bytes += len(piece)
+        while self.window_bytes - len(self.window[0][1]) >= WINDOW and \
+                self.window[0][0] + len(self.window[0][1]) <= keep_from:
+            self.window_bytes -= len(self.window.popleft()[1])
+
+    def _from_window(self, offset: int, end: int) -> bytes:
+        parts = []
+        for start, piece in self.window:
+            if start + len(piece) <= offset:
+                continue
+            if start >= end:
+                break
+            parts.append(memoryview(piece)[max(0, offset - start): end - start])
+        if len(parts) == 1 and len(parts[0]) == len(parts[0].obj):
+            return parts[0].obj  # a whole piece: no copy
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self.stream = None
+        self.window.clear()
+        self.window_bytes = 0
