@@ -22,6 +22,11 @@ S_FILE = (stat.S_IFREG | 0o644) << 16
 S_EXEC = (stat.S_IFREG | 0o755) << 16
 S_DIR = ((stat.S_IFDIR | 0o755) << 16) | 0x10
 S_LINK = (stat.S_IFLNK | 0o777) << 16
+S_FIFO = (stat.S_IFIFO | 0o644) << 16
+S_CHR = (stat.S_IFCHR | 0o644) << 16
+S_BLK = (stat.S_IFBLK | 0o644) << 16
+S_SOCK = (stat.S_IFSOCK | 0o644) << 16
+HARD_LINK = 0x800  # PKWARE: in the low (DOS) half of the external attributes
 
 
 def deflate(data: bytes, level: int = 6) -> bytes:
@@ -60,6 +65,27 @@ def unicode_path_extra(raw_name: bytes, unicode_name: str) -> bytes:
     """Info-ZIP Unicode Path extra field (0x7075)."""
     return extra_field(0x7075, b"\x01" + struct.pack("<I", zlib.crc32(raw_name))
                        + unicode_name.encode())
+
+
+def pkware_unix_extra(data: bytes = b"", mtime: int = 0) -> bytes:
+    """PKWARE unix extra field (0x000d): atime, mtime, uid, gid, then a link target (or device)."""
+    return extra_field(0x000D, struct.pack("<IIHH", 0, mtime, 1000, 1000) + data)
+
+
+def ntfs_extra(mtime_ns: int) -> bytes:
+    """NTFS extra field (0x000a) with mtime = atime = ctime."""
+    ticks = mtime_ns // 100 + 116_444_736_000_000_000
+    return extra_field(0x000A, b"\0" * 4 + struct.pack("<HHQQQ", 1, 24, ticks, ticks, ticks))
+
+
+def ext_time_extra(seconds: int) -> bytes:
+    """Info-ZIP extended timestamp (0x5455) with an mtime."""
+    return extra_field(0x5455, b"\x01" + struct.pack("<i", seconds))
+
+
+def hard_link(name: bytes, target: bytes) -> RawMember:
+    """A PKWARE hard link: flag 0x800 in the external attributes, the target in 0x000d, no data."""
+    return RawMember(name, b"", external_attr=S_FILE | HARD_LINK, extra=pkware_unix_extra(target))
 
 
 def raw_zip(members: list[RawMember], comment: bytes = b"", cd_override: bytes | None = None

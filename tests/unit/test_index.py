@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import stat
 import struct
 import time
 import tracemalloc
@@ -12,7 +11,20 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from robust.zips import S_DIR, S_FILE, S_LINK, RawMember, extra_field, raw_zip
+from robust.zips import (
+    S_BLK,
+    S_CHR,
+    S_DIR,
+    S_FIFO,
+    S_LINK,
+    S_SOCK,
+    RawMember,
+    ext_time_extra,
+    hard_link,
+    ntfs_extra,
+    pkware_unix_extra,
+    raw_zip,
+)
 
 from zipmount.archive.index import (
     CD_MAX_BYTES,
@@ -26,33 +38,9 @@ from zipmount.archive.index import (
 from zipmount.cache import DiskTier
 from zipmount.errors import ArchiveError
 
-HARD_LINK = 0x800
-S_FIFO = (stat.S_IFIFO | 0o644) << 16
-S_CHR = (stat.S_IFCHR | 0o644) << 16
-S_BLK = (stat.S_IFBLK | 0o644) << 16
-S_SOCK = (stat.S_IFSOCK | 0o644) << 16
-
 
 def index(data: bytes) -> EntryTable:
     return read_central_directory(io.BytesIO(data), len(data), "t.zip")
-
-
-def pkware_unix(data: bytes = b"", mtime: int = 0) -> bytes:
-    """PKWARE unix extra field (0x000d): atime, mtime, uid, gid, variable data."""
-    return extra_field(0x000D, struct.pack("<IIHH", 0, mtime, 1000, 1000) + data)
-
-
-def hard_link(name: bytes, target: bytes) -> RawMember:
-    return RawMember(name, b"", external_attr=S_FILE | HARD_LINK, extra=pkware_unix(target))
-
-
-def ntfs(mtime_ns: int) -> bytes:
-    ticks = mtime_ns // 100 + 116_444_736_000_000_000
-    return extra_field(0x000A, b"\0" * 4 + struct.pack("<HHQQQ", 1, 24, ticks, ticks, ticks))
-
-
-def ext_time(seconds: int) -> bytes:
-    return extra_field(0x5455, b"\x01" + struct.pack("<i", seconds))
 
 
 # -- duplicates -----------------------------------------------------------------------------------
@@ -117,7 +105,7 @@ def test_hard_link_chains_resolve_and_loops_or_missing_targets_drop_only_that_en
 def test_symlinks_from_unix_modes_and_from_the_pkware_unix_field():
     table = index(raw_zip([
         RawMember(b"infozip", b"target.txt", external_attr=S_LINK),
-        RawMember(b"pkware", b"", external_attr=S_LINK, extra=pkware_unix(b"../x/target")),
+        RawMember(b"pkware", b"", external_attr=S_LINK, extra=pkware_unix_extra(b"../x/target")),
     ]))
     assert table["infozip"].kind == "link" and table["infozip"].target == ""
     assert table["pkware"].kind == "link" and table["pkware"].target == "../x/target"
@@ -128,7 +116,7 @@ def test_special_files_are_skipped_with_one_log_line_and_a_fifo_with_data_is_a_f
     with caplog.at_level(logging.INFO):
         table = index(raw_zip([
             RawMember(b"fifo", external_attr=S_FIFO), RawMember(b"tty", external_attr=S_CHR,
-                                                                extra=pkware_unix(b"\0" * 8)),
+                                                                extra=pkware_unix_extra(b"\0" * 8)),
             RawMember(b"disk", external_attr=S_BLK), RawMember(b"sock", external_attr=S_SOCK),
             RawMember(b"piped", b"read from a pipe", external_attr=S_FIFO),
             RawMember(b"ok", b"fine")]))
@@ -172,9 +160,9 @@ def test_undecodable_names_never_fail_the_archive():
 def test_ntfs_time_wins_over_extended_time_which_wins_over_dos_time():
     ns = 1_700_000_000_123_456_700
     table = index(raw_zip([
-        RawMember(b"ntfs", b"", extra=ext_time(1_600_000_000) + ntfs(ns)),
-        RawMember(b"ext", b"", extra=ext_time(1_600_000_000) + pkware_unix(mtime=1_500_000_000)),
-        RawMember(b"pkware", b"", extra=pkware_unix(mtime=1_500_000_000)),
+        RawMember(b"ntfs", b"", extra=ext_time_extra(1_600_000_000) + ntfs_extra(ns)),
+        RawMember(b"ext", b"", extra=ext_time_extra(1_600_000_000) + pkware_unix_extra(mtime=1_500_000_000)),
+        RawMember(b"pkware", b"", extra=pkware_unix_extra(mtime=1_500_000_000)),
         RawMember(b"dos", b""),
     ]))
     assert table["ntfs"].mtime_ns == ns
@@ -248,7 +236,7 @@ def test_parsing_peak_memory_is_a_small_multiple_of_the_central_directory():
 def test_the_table_answers_like_a_dict_and_loads_back_identical(tmp_path: Path):
     data = raw_zip([RawMember(b"a/b/c.txt", b"c"), RawMember(b"a/d.txt", b"dd"),
                     RawMember(b"e/", external_attr=S_DIR),
-                    RawMember(b"p", external_attr=S_LINK, extra=pkware_unix(b"a/d.txt"))])
+                    RawMember(b"p", external_attr=S_LINK, extra=pkware_unix_extra(b"a/d.txt"))])
     table = index(data)
     entries = dict(table.items())
     assert set(entries) == {"a", "a/b", "a/b/c.txt", "a/d.txt", "e", "p"}
