@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import os
 import platform
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.cohort import LIST_LOCATION, ensure_cohort, write_listing
 from bench.contenders import (
     LocalContender,
     RssSampler,
@@ -39,7 +39,10 @@ from bench.contenders import (
     rmtree_unmounted,
 )
 from bench.datagen import FULL, QUICK, ensure_data
+from bench.extra import ExtraSteps
+from bench.inproc import ChildResult
 from bench.servers import DelayProxy, Nginx, Reaper, Request
+from bench.workload import digest, make_windows, run_op, window_chunks
 
 REPO = Path(__file__).resolve().parent.parent
 MB = 1e6
@@ -61,6 +64,9 @@ STEP_LABELS = {
 EEG_STEPS = ["open", "windows", "channel", "tiny", "whole_cold", "whole_warm",
              "remount_open", "remount_windows", "remount_whole"]
 LIST_STEPS = ["list_cold", "list_index"]
+ALL_CONTENDERS = ["local", "seed", "zipmount", "zipmount-fsspec", "zarr3-zipstore", "virtualizarr",
+                  "zarr3-mount", "fuse-floor", "s3fs-ranged"]
+ALL_STEPS = ["eeg", "list", "stream", "memory", "cohort"]
 
 
 def cpu_snapshot() -> tuple[float, float, float]:
@@ -76,52 +82,6 @@ def cpu_snapshot() -> tuple[float, float, float]:
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def digest(value) -> str | None:
-    h = hashlib.blake2b(digest_size=12)
-    if value is None:
-        return None
-    if isinstance(value, np.ndarray):
-        h.update(np.ascontiguousarray(value).tobytes())
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            h.update(b"|")
-            h.update(str(digest(v)).encode())
-    else:
-        h.update(repr(value).encode())
-    return h.hexdigest()
-
-
-# ---------------------------------------------------------------- workloads
-
-
-def make_windows(spec, count: int, length: int, seed: int = 12345) -> list[tuple[int, int]]:
-    rng = np.random.default_rng(seed)
-    return [
-        (int(rng.integers(0, spec.channels)), int(rng.integers(0, spec.samples - length)))
-        for _ in range(count)
-    ]
-
-
-def window_chunks(spec, windows, length) -> list[str]:
-    keys = set()
-    for ch, off in windows:
-        for ci in range(off // spec.chunk, (off + length - 1) // spec.chunk + 1):
-            keys.add(f"eeg/{ch}.{ci}")
-    return sorted(keys)
-
-
-def read_windows(g, windows, length):
-    a = g["eeg"]
-    return [a[ch, off:off + length] for ch, off in windows]
-
-
-def read_tiny(g):
-    out = []
-    for name, arr in sorted(g["tiny"].arrays()):
-        out.append((name, arr[:], dict(arr.attrs)))
-    return [(n, v) for n, v, _ in out]
 
 
 # ---------------------------------------------------------------- request log summary
@@ -173,7 +133,7 @@ def summarize_requests(reqs: list[Request], archives: dict, step_end_wall: float
 # ---------------------------------------------------------------- runner
 
 
-class Bench:
+class Bench(ExtraSteps):
     def __init__(self, args, reaper: Reaper):
         self.args = args
         self.reaper = reaper
@@ -184,6 +144,7 @@ class Bench:
         self.reference: dict[str, str] = {}
         self.can_drop_caches = False
         self.rep = 0
+        self.env_versions: dict[str, dict] = {}
         self.t_start = time.monotonic()
 
     # --- helpers ---
@@ -265,6 +226,9 @@ class Bench:
                 watchdog.cancel()
         elapsed = time.perf_counter() - t0
         wall_end = time.time()
+        child = value if isinstance(value, ChildResult) else None
+        if child is not None:
+            elapsed, value = child.time_s, None  # the worker's own time, without the pipe
         rec = {
             "rep": self.rep,
             "delay_ms": delay,
@@ -285,8 +249,8 @@ class Bench:
             self.keep_requests(reqs, delay, c.name, step, wall_end - elapsed, rec)
         else:
             rec.update({"requests": 0, "bytes": 0, "data_gets": 0})
-        if check and err is None and value is not None:
-            d = digest(value)
+        if check and err is None and (value is not None or child is not None):
+            d = child.digest if child is not None else digest(value)
             rec["digest"] = d
             ref_key = step.replace("remount_", "").replace("_cold", "").replace("_warm", "")
             if c.name == "local":
@@ -308,7 +272,6 @@ class Bench:
     # --- sessions ---
     def eeg_sessions(self, c, delay) -> None:
         spec = self.spec
-        wl = self.args.window_len
         # session 1: explore (fresh)
         self.cold(c)
         try:
@@ -316,10 +279,10 @@ class Bench:
                                 check=False)
             if g is None:
                 raise RuntimeError("open failed")
-            self.measure(c, delay, "windows", lambda: read_windows(g, self.windows, wl))
+            self.measure(c, delay, "windows", lambda: self.op(c, g, "windows"))
             ch = spec.channels - 1
-            self.measure(c, delay, "channel", lambda: g["eeg"][ch, :])
-            self.measure(c, delay, "tiny", lambda: read_tiny(g))
+            self.measure(c, delay, "channel", lambda: self.op(c, g, "channel", channel=ch))
+            self.measure(c, delay, "tiny", lambda: self.op(c, g, "tiny"))
         finally:
             self._stop(c, delay, "explore")
         # session 2: bulk (fresh), then remount with the same cache
@@ -329,8 +292,8 @@ class Bench:
                                 check=False)
             if g is None:
                 raise RuntimeError("open failed")
-            self.measure(c, delay, "whole_cold", lambda: g["eeg"][:])
-            self.measure(c, delay, "whole_warm", lambda: g["eeg"][:])
+            self.measure(c, delay, "whole_cold", lambda: self.op(c, g, "whole"))
+            self.measure(c, delay, "whole_warm", lambda: self.op(c, g, "whole"))
         finally:
             self._stop(c, delay, "bulk")
         self.cold(c)
@@ -339,10 +302,18 @@ class Bench:
                                 check=False)
             if g is None:
                 raise RuntimeError("remount failed")
-            self.measure(c, delay, "remount_windows", lambda: read_windows(g, self.windows, wl))
-            self.measure(c, delay, "remount_whole", lambda: g["eeg"][:])
+            self.measure(c, delay, "remount_windows", lambda: self.op(c, g, "windows"))
+            self.measure(c, delay, "remount_whole", lambda: self.op(c, g, "whole"))
         finally:
             self._stop(c, delay, "remount")
+
+    def op(self, c, g, op: str, **kw):
+        """One read step: in this process, or as a command to the contender's worker."""
+        if op == "windows":
+            kw = {"windows": self.windows, "length": self.args.window_len}
+        if hasattr(c, "call"):
+            return c.call(op, **kw)
+        return run_op(g, op, **kw)
 
     def _open(self, c, fresh: bool = True):
         sub = c.start(fresh=fresh)
@@ -462,8 +433,9 @@ class Bench:
         args = self.args
         data_base = REPO / ".bench" / "data"
         self.manifest = ensure_data(self.spec, data_base, log=log)
-        self.windows = make_windows(self.spec, args.windows, args.window_len)
-        self.touched = window_chunks(self.spec, self.windows, args.window_len)
+        self.windows = make_windows(self.spec.channels, self.spec.samples, args.windows,
+                                    args.window_len)
+        self.touched = window_chunks(self.spec.chunk, self.windows, args.window_len)
         members = self.manifest["archives"]["eeg"]["members"]
         self.touched_bytes = sum(members[k]["compress_size"] for k in self.touched)
 
@@ -482,7 +454,12 @@ class Bench:
 
     def _run(self) -> int:
         args = self.args
-        self.nginx = Nginx(self.reaper, Path(self.manifest["root"]), self.work / "nginx")
+        if "cohort" in args.steps:
+            root = Path(self.manifest["root"])
+            self.cohort_manifest = ensure_cohort(self.cohort_spec(), root, log=log)
+            write_listing(self.cohort_spec(), root)
+        self.nginx = Nginx(self.reaper, Path(self.manifest["root"]), self.work / "nginx",
+                           extra_locations=LIST_LOCATION)
         self.nginx.start()
         log(f"nginx on {self.nginx.url} serving {self.manifest['root']}")
         endpoints = {0: self.nginx.url}
@@ -496,22 +473,27 @@ class Bench:
 
         exe = args.zipmount
         self.zm_help = None
-        want_zm = "zipmount" in args.contenders
-        if want_zm:
+        needs_exe = {"zipmount", "zarr3-mount"} & set(args.contenders)
+        self.want_zm = bool(needs_exe)
+        if self.want_zm:
             if not Path(exe).exists():
                 self.notes.append(f"{exe} not found: zipmount was not benchmarked")
                 log(f"{exe} not found; running without zipmount")
-                want_zm = False
+                self.want_zm = False
             else:
                 self.zm_help = ZipmountHelp(exe)
                 log(f"zipmount: anonymous={self.zm_help.anonymous} memcap={self.zm_help.memcap}")
+        self.setup_extra()
         keys = {k: self.manifest["archives"][k]["key"] for k in ("eeg", "many")}
 
         for rep in range(args.repeat):
             self.rep = rep
             if args.repeat > 1:
                 log(f"=== round {rep + 1} of {args.repeat}")
-            self.one_round(endpoints, want_zm, keys)
+            self.one_round(endpoints, keys)
+        if "cohort" in args.steps:
+            log(f"cohort sampler at +{self.cohort_delay():g} ms (one round)")
+            self.cohort_step(self.cohort_delay(), endpoints[self.cohort_delay()])
 
         self.reaper.cleanup()
         self.total_s = time.monotonic() - self.t_start
@@ -530,46 +512,54 @@ class Bench:
         self.write_results()
         return 0
 
-    def one_round(self, endpoints, want_zm, keys) -> None:
+    def one_round(self, endpoints, keys) -> None:
         args = self.args
-        exe = args.zipmount
+        steps = set(args.steps)
+        want_zm = self.want_zm and "zipmount" in args.contenders
         # the floor first: its results are the reference for correctness checks
-        if "local" in args.contenders or want_zm or "seed" in args.contenders:
+        if {"eeg", "list"} & steps:
             local = LocalContender(self.manifest["local"]["eeg"], self.manifest["local"]["many"])
             log("local copy")
-            self.eeg_sessions(local, None)
-            self.listing_sessions(local, None)
+            if "eeg" in steps:
+                self.eeg_sessions(local, None)
+            if "list" in steps:
+                self.listing_sessions(local, None)
+        if "fuse-floor" in args.contenders and {"eeg", "stream"} & steps:
+            self.fuse_floor_round()
 
         for delay, url in endpoints.items():
             contenders = []
             if "seed" in args.contenders:
                 contenders.append(SeedContender(url, keys["eeg"], keys["many"]))
             if want_zm:
-                contenders.append(ZipmountContender(
-                    self.reaper, exe, self.zm_help, url, keys["eeg"], keys["many"], self.work,
-                    extra_args=args.zipmount_arg, log_level=args.zipmount_log_level,
-                    label=f"r{self.rep}d{delay:g}-"))
+                contenders.append(self.new_zipmount(url, keys, f"r{self.rep}d{delay:g}-"))
+            if "eeg" in steps:
+                contenders += self.extra_contenders(delay, url, keys)
             for c in contenders:
                 log(f"{c.name} at +{delay:g} ms")
-                if isinstance(c, SeedContender):
-                    c.warm_up()
                 try:
-                    self.eeg_sessions(c, delay)
+                    if hasattr(c, "warm_up"):
+                        c.warm_up()
+                    if getattr(c, "versions", None):
+                        self.env_versions[c.name] = c.versions
+                    if "eeg" in steps:
+                        self.eeg_sessions(c, delay)
                 except Exception as e:  # noqa: BLE001
                     log(f"  {c.name} at +{delay:g} ms aborted: {e}")
                     self.notes.append(f"{c.name} at +{delay:g} ms: eeg steps aborted: {e}")
                 try:
-                    self.listing_sessions(c, delay)
+                    if "list" in steps and hasattr(c, "listing"):
+                        self.listing_sessions(c, delay)
                 except Exception as e:  # noqa: BLE001
                     log(f"  {c.name} listing at +{delay:g} ms aborted: {e}")
                     self.notes.append(f"{c.name} at +{delay:g} ms: listing aborted: {e}")
-                if isinstance(c, ZipmountContender):
+                if hasattr(c, "cleanup"):
                     c.cleanup()
+            if "stream" in steps:
+                self.stream_step(delay, url)
 
-        if want_zm and not args.skip_memory:
-            zm = ZipmountContender(self.reaper, exe, self.zm_help, endpoints[0], keys["eeg"],
-                                   keys["many"], self.work, extra_args=args.zipmount_arg,
-                                   log_level=args.zipmount_log_level, label=f"mem-r{self.rep}-")
+        if want_zm and "memory" in steps and not args.skip_memory:
+            zm = self.new_zipmount(endpoints[0], keys, f"mem-r{self.rep}-")
             try:
                 self.memory_check(zm)
             except Exception as e:  # noqa: BLE001
@@ -773,7 +763,7 @@ class Bench:
                     Path("/proc/cpuinfo").read_text().splitlines()
                     if ln.startswith("model name")), platform.processor())
         vers = {}
-        for mod in ("s3fs", "fsspec", "zarr", "numcodecs", "numpy", "fuse", "aiobotocore"):
+        for mod in ("s3fs", "fsspec", "zarr", "numcodecs", "numpy", "fuse", "mfusepy", "aiobotocore"):
             try:
                 from importlib.metadata import version
 
@@ -854,6 +844,10 @@ class Bench:
             f"Linux {m['kernel']}, Python {m['python']}, {m['nginx']}; "
             + ", ".join(f"{k} {v}" for k, v in m["packages"].items())
             + f"; zipmount at {m['git_commit']}{' (dirty tree)' if m['git_dirty'] else ''}  ",
+            *([("Other environments: " + "; ".join(
+                f"{name}: " + ", ".join(f"{k} {v}" for k, v in vs.items())
+                for name, vs in sorted(self.env_versions.items())) + "  ")]
+              if self.env_versions else []),
             f"Data: `eeg.zip` {eeg['size'] / MB:.1f} MB, {eeg['entries']} entries "
             f"(zarr v2, {spec.channels}×{spec.samples:,} float32, chunks (1, {spec.chunk}), "
             f"Blosc zstd 5 shuffle, ZIP_STORED, + {spec.tiny_arrays} tiny arrays); "
@@ -892,7 +886,12 @@ class Bench:
                 f"{mem['bytes'] / MB:.0f} MB served.",
                 "",
             ]
-        lines += ["### Targets", ""]
+        lines += self.extra_tables()
+        lines += ["### Targets of issues 9 and 11", "",
+                  "| target | measured | verdict |", "|---|---|---|"]
+        for t, meas, v in self.extra_targets():
+            lines.append(f"| {t} | {meas} | {v if v != 'not met' else '**not met**'} |")
+        lines += ["", "### Earlier targets", ""]
         if self.args.quick:
             lines += ["(--quick: a smoke test on a 3 MB archive; the targets are meant for the "
                       "full data set and are not meaningful here.)", ""]
@@ -923,6 +922,9 @@ class Bench:
                          for k, v in self.manifest["archives"].items()},
             "records": self.records,
             "targets": [{"target": t, "measured": x, "verdict": v} for t, x, v in self.targets()],
+            "targets_9_11": [{"target": t, "measured": x, "verdict": v}
+                             for t, x, v in self.extra_targets()],
+            "environments": getattr(self, "env_versions", {}),
             "notes": self.notes,
         }
         (out / f"results-{stamp}{suffix}.json").write_text(json.dumps(payload, indent=1))
@@ -939,8 +941,13 @@ def parse_args(argv=None):
                     help="delay per request added by the proxy (default 20; 0 = no proxy run)")
     ap.add_argument("--connect-delay-ms", type=float, default=0.0,
                     help="extra delay per new TCP connection through the proxy (default 0)")
-    ap.add_argument("--contenders", default="local,seed,zipmount",
-                    help="comma-separated subset of local,seed,zipmount")
+    ap.add_argument("--contenders", default=",".join(ALL_CONTENDERS),
+                    help="comma-separated subset of " + ",".join(ALL_CONTENDERS)
+                    + " (the local copy always runs: it is the reference)")
+    ap.add_argument("--steps", default=",".join(ALL_STEPS),
+                    help="comma-separated subset of " + ",".join(ALL_STEPS))
+    ap.add_argument("--cohort-seconds", type=float, default=None,
+                    help="how long each sampler process reads (default 8, --quick 2)")
     ap.add_argument("--zipmount", default=str(REPO / ".venv" / "bin" / "zipmount"))
     ap.add_argument("--zipmount-arg", action="append", default=[],
                     help="extra argument for every zipmount mount (repeatable)")
@@ -961,6 +968,14 @@ def parse_args(argv=None):
     ap.add_argument("--keep-tmp", action="store_true", help="keep mountpoints, caches, logs")
     a = ap.parse_args(argv)
     a.contenders = [c.strip() for c in a.contenders.split(",") if c.strip()]
+    a.steps = [c.strip() for c in a.steps.split(",") if c.strip()]
+    for what, given, known in (("contender", a.contenders, ALL_CONTENDERS),
+                               ("step", a.steps, ALL_STEPS)):
+        unknown = set(given) - set(known)
+        if unknown:
+            ap.error(f"unknown {what}(s): {', '.join(sorted(unknown))}")
+    if a.cohort_seconds is None:
+        a.cohort_seconds = 2.0 if a.quick else 8.0
     if a.windows is None:
         a.windows = 20 if a.quick else 50
     if a.repeat is None:

@@ -197,6 +197,7 @@ http {{
         root {root};
         location = /_status {{ stub_status; access_log off; }}
         location / {{ autoindex off; }}
+{extra}
     }}
 }}
 """
@@ -254,8 +255,9 @@ def parse_log_line(line: str) -> Request | None:
 class Nginx:
     """nginx serving ``root`` on 127.0.0.1 as ``http://127.0.0.1:PORT/bucket/key``."""
 
-    def __init__(self, reaper: Reaper, root: Path, prefix: Path):
+    def __init__(self, reaper: Reaper, root: Path, prefix: Path, extra_locations: str = ""):
         self.reaper = reaper
+        self.extra_locations = extra_locations
         self.root = root.resolve()
         self.prefix = prefix
         self.port = 0
@@ -281,7 +283,8 @@ class Nginx:
         for _attempt in range(5):
             self.port = free_port()
             conf = self.prefix / "nginx.conf"
-            conf.write_text(NGINX_CONF.format(prefix=self.prefix, port=self.port, root=self.root))
+            conf.write_text(NGINX_CONF.format(prefix=self.prefix, port=self.port, root=self.root,
+                                              extra=self.extra_locations))
             errf = open(self.prefix / "stderr.log", "wb")  # noqa: SIM115
             self.proc = self.reaper.spawn(
                 ["nginx", "-c", str(conf), "-p", str(self.prefix)],
