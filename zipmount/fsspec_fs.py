@@ -103,7 +103,9 @@ class ZipmountFileSystem(AbstractFileSystem):
             "root": root,
         }
         with _boundary():
-            self.tree: Tree = Engine.shared(settings).filesystem_tree(
+            engine = Engine.shared(settings)
+            self.stats = engine.stats  # the process's counters for this cache (requests, hits)
+            self.tree: Tree = engine.filesystem_tree(
                 fs, path, timeout=float(timeout), known=known, suffixes=tuple(suffixes),
                 root=root, ttl=float(ttl))
 
