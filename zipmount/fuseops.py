@@ -36,6 +36,10 @@ if mfusepy.fuse_version_major != 3:
     raise ZipmountError(f"libfuse 3 is needed, found {mfusepy.fuse_version_major}."
                         f"{mfusepy.fuse_version_minor}: install fuse3 and libfuse3-3")
 
+_libfuse = mfusepy._libfuse  # libfuse calls mfusepy does not wrap
+_libfuse.fuse_invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+_libfuse.fuse_invalidate_path.restype = ctypes.c_int
+
 log = logging.getLogger(__name__)
 
 _KIND_BITS = {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "link": stat.S_IFLNK}
@@ -143,12 +147,14 @@ class ZipOperations(Operations):
         self._open_versions: dict[str, Counter[str]] = {}
         self._listings: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
+        self._fuse: int | None = None  # libfuse's struct fuse *, once the session runs
 
     # -- session ----------------------------------------------------------------------------------
 
     def init_with_config(self, conn: Any, config: Any) -> None:
         """Kernel-cache timeouts, readdirplus and attribute-driven page invalidation (libfuse 3)."""
         config.entry_timeout = config.attr_timeout = config.negative_timeout = self.ttl
+        self._fuse = _libfuse.fuse_get_context().contents.fuse  # for fuse_invalidate_path
         conn.want |= conn.capable & (FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO
                                      | FUSE_CAP_AUTO_INVAL_DATA)
         log.debug("libfuse %s.%s: max_read %s, max_readahead %s, max_write %s, want %#x",
@@ -164,7 +170,7 @@ class ZipOperations(Operations):
         kernel asks again (and the answer re-creates it) before it uses those attributes, and
         an open without an entry drops the old pages. Past ``max_tracked_paths`` the oldest
         entries go even within the timeout; until that timeout has passed, an open without an
-        entry reads with direct I/O (the kernel may hold attributes of a version we forgot).
+        entry treats the kernel's attributes as stale (they may be of a version we forgot).
         """
         now = time.monotonic()
         with self._lock:
@@ -238,17 +244,17 @@ class ZipOperations(Operations):
     def readdir_plus(self, path: str, offset: int) -> Iterator[tuple[str, dict[str, Any], bool]]:
         """(name, attributes, complete) of the entries from index ``offset`` on (``.`` and ``..``
         first, as in ``readdir``): a READDIRPLUS answers the lookups of its entries too."""
-        dot = {"st_mode": stat.S_IFDIR}
-        entries = [(".", "dir"), ("..", "dir"), *self.tree.listdir(path)]
-        for index in range(offset, len(entries)):
-            name, kind = entries[index]
-            if index < 2:
-                yield name, dot, False
-                continue
+        entries = [(".", "dir"), ("..", "dir"), *self.tree.listdir(path)][offset:]
+        return (self._entry_plus(path, name, kind, plain=index + offset < 2)
+                for index, (name, kind) in enumerate(entries))
+
+    def _entry_plus(self, path: str, name: str, kind: str, plain: bool) -> tuple[str, dict[str, Any], bool]:
+        if not plain:
             try:
-                yield name, self._attrs(_child(path, name)), True
+                return name, self._attrs(_child(path, name)), True
             except ZipmountError:  # looked up (and its error told) on its own
-                yield name, {"st_mode": _KIND_BITS[kind]}, False
+                pass
+        return name, {"st_mode": _KIND_BITS[kind]}, False
 
     @_translated
     def readlink(self, path: str) -> str:
@@ -271,10 +277,11 @@ class ZipOperations(Operations):
         """Open a member; decide how the kernel may cache it, so no reader mixes versions.
 
         The page cache is kept across opens while the member version stays the same. When the
-        archive was replaced, the first open of the new version drops the old pages — unless
-        the kernel still holds the old attributes (its size would clip reads) or a handle on the
-        old version is still open (its reads would refill old pages): then this handle reads
-        with direct I/O, past the page cache.
+        archive was replaced, the first open of the new version drops the old pages; if the
+        kernel may still hold the old attributes (its size would clip reads), they are
+        invalidated first, so its next read asks for the new ones. Only while a handle on the
+        old version is still open (its reads would refill old pages), or where the kernel takes
+        no invalidation, does this handle read with direct I/O, past the page cache.
         """
         if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
             raise FuseOSError(errno.EROFS)
@@ -286,19 +293,36 @@ class ZipOperations(Operations):
             if seen is None:  # never stat'ed, or its bookkeeping was pruned
                 attr = None if time.monotonic() < self._unsure_until else version
                 seen = self._seen[path] = _Seen(attr, None, time.monotonic())
+            old_handles = any(v != version for v in others)
+            stale_attr = seen.attr != version
             if seen.pages == version:
                 fi.keep_cache = 1
-            elif seen.attr == version and not any(v != version for v in others):
+            elif not old_handles and not stale_attr:
                 seen.pages = version  # keep_cache=0: the kernel drops old pages
-            else:
+            elif old_handles:
                 fi.direct_io = 1
             others[version] += 1
             fh = next(self._next_fh)
             self._handles[fh] = reader
             self._handle_locks[fh] = threading.Lock()
+        if stale_attr and not old_handles and seen.pages != version:
+            if self._invalidate(path):
+                with self._lock:
+                    seen.pages, seen.attr = version, None  # the kernel asks for attributes again
+            else:
+                fi.direct_io = 1
         fi.noflush = 1  # nothing to flush: close(2) needs no FLUSH round trip
         fi.fh = fh
         return 0
+
+    def _invalidate(self, path: str) -> bool:
+        """Make the kernel drop its attributes and pages of ``path`` (True once it has)."""
+        if self._fuse is None:
+            return False
+        err = _libfuse.fuse_invalidate_path(self._fuse, path.encode("utf-8", "surrogateescape"))
+        if err not in (0, -errno.ENOENT):  # ENOENT: the kernel holds nothing of it
+            log.debug("cannot invalidate %s: errno %s", path, -err)
+        return err in (0, -errno.ENOENT)
 
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
         t0 = time.monotonic()

@@ -59,7 +59,8 @@ def test_readdirplus_entries_count_as_stated_and_stay_bounded(archive, tmp_path)
 
 
 def test_a_path_forgotten_within_the_attr_timeout_is_read_past_the_page_cache(archive, tmp_path):
-    """The kernel may still hold attributes of a version the bookkeeping no longer knows."""
+    """The kernel may still hold attributes of a version the bookkeeping no longer knows: without
+    a session to invalidate them through, the handle reads past the page cache."""
     ops = _ops(archive, str(tmp_path / "many.zip"), ttl=60)
     ops.max_tracked_paths = 100
     names = _names()
