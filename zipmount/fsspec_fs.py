@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import fsspec
-from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
+from fsspec.spec import AbstractBufferedFile, AbstractFileSystem, make_instance
 
 from .archive import MemberReader
 from .config import CacheConfig, default_cache_dir, parse_size
@@ -70,11 +70,13 @@ class ZipmountFileSystem(AbstractFileSystem):
     """The archive (or the prefix of archives) at ``fo`` as a read-only filesystem.
 
     ``fo``: a URL (``s3://bucket/key.rkns``, ``s3://bucket/cohort/``, a local path), a path
-    with ``target_protocol`` (as fsspec's URL chaining passes it), or an open fsspec file
-    (``s3fs.open(path, "rb")``: its filesystem and identity are reused, no extra request).
-    ``target_protocol``/``target_options``: how to build the filesystem of ``fo``.
+    with ``target_protocol`` (as fsspec's URL chaining passes it), or an open fsspec file or
+    ``OpenFile`` (``s3.open(path, "rb")``: its filesystem and identity are reused, no extra
+    request). ``target_protocol``/``target_options``: how to build the filesystem of ``fo``.
     Options as on the command line: ``cache_dir`` (default: the daemon's), ``disk_cache``,
-    ``cache_size``, ``memory``, ``ttl``, ``timeout``, ``suffixes``, ``root``.
+    ``cache_size``, ``memory``, ``ttl``, ``timeout``, ``suffixes``, ``root``; other keyword
+    arguments go to :class:`fsspec.AbstractFileSystem`. Pickles as its options, with ``fo``
+    as a URL.
     """
 
     protocol = "zipmount"
@@ -88,11 +90,6 @@ class ZipmountFileSystem(AbstractFileSystem):
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         fs, path, known, url = _target(fo, target_protocol, target_options or {}, timeout)
-        with _boundary():
-            settings = CacheConfig(
-                memory=parse_size(memory, "memory"),
-                dir=(cache_dir or default_cache_dir()) if disk_cache else None,
-                size=parse_size(cache_size, "cache_size"), ttl=float(ttl))
         # What a pickle carries: small, and enough for a worker to rebuild this filesystem.
         self._options: dict[str, Any] = {
             **kwargs, "fo": url,
@@ -103,15 +100,16 @@ class ZipmountFileSystem(AbstractFileSystem):
             "root": root,
         }
         with _boundary():
-            engine = Engine.shared(settings)
+            engine = Engine.shared(CacheConfig(
+                memory=parse_size(memory, "memory"),
+                dir=(cache_dir or default_cache_dir()) if disk_cache else None,
+                size=parse_size(cache_size, "cache_size"), ttl=float(ttl)))
             self.stats = engine.stats  # the process's counters for this cache (requests, hits)
             self.tree: Tree = engine.filesystem_tree(
                 fs, path, timeout=float(timeout), known=known, suffixes=tuple(suffixes),
                 root=root, ttl=float(ttl))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        from fsspec.spec import make_instance
-
         return make_instance, (type(self), (), self._options)
 
     @classmethod
