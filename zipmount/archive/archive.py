@@ -21,11 +21,10 @@ import os
 import struct
 import threading
 import zipfile
-import zlib
 
 from ..cache import DiskTier
 from ..errors import ArchiveError, MemberEncrypted, MemberUnsupported
-from .decompress import member_chunks
+from .decompress import crc32, member_chunks
 from .index import Entry, build_tree, load_index, read_central_directory, save_index
 from .members import (
     LOCAL_HEADER,
@@ -156,7 +155,7 @@ class Archive:
         """Check a small stored member's CRC-32 once (its whole range is one cached request)."""
         if entry.name in self._verified or entry.size > WHOLE_MEMBER_MAX:
             return
-        if zlib.crc32(self.cached.read(start, start + entry.size)) != entry.crc:
+        if crc32(self.cached.read(start, start + entry.size)) != entry.crc:
             raise ArchiveError(f"{entry.name}: CRC-32 mismatch (corrupt member)")
         self._verified.add(entry.name)
 
@@ -245,7 +244,7 @@ class Archive:
                     return False
                 crc = 0
                 while chunk := f.read(1 << 20):
-                    crc = zlib.crc32(chunk, crc)
+                    crc = crc32(chunk, crc)
         except OSError:
             return False
         if crc != entry.crc:

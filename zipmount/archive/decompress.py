@@ -48,10 +48,16 @@ import zlib
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ArchiveError, MemberUnsupported
 from .readahead import Prefetcher
+
+try:  # zlib-ng: the same API, about twice as fast to inflate, CRC-32 many times faster
+    from zlib_ng import zlib_ng as zlib_impl
+except ImportError:  # pragma: no cover - depends on the environment
+    zlib_impl = zlib
+crc32 = zlib_impl.crc32
 
 if TYPE_CHECKING:
     from .index import Entry
@@ -66,7 +72,7 @@ CHECKPOINT_COST = 40 * 1024  # what one zlib decoder copy takes (measured ~35 Ki
 CHECKPOINT_BUDGET = 32 * 1024 * 1024
 LZMA_DICT_MAX = 64 * 1024 * 1024  # 7-Zip's "ultra" dictionary; zipfile writes 8 MiB ones
 # What the decoders raise on corrupt data (bz2: OSError, LZMA: LZMAError, after the end: EOFError).
-CORRUPT_DATA = (zlib.error, OSError, EOFError, ValueError, lzma.LZMAError)
+CORRUPT_DATA = (zlib.error, zlib_impl.error, OSError, EOFError, ValueError, lzma.LZMAError)
 
 
 class Decoder(Protocol):
@@ -90,8 +96,8 @@ class Decoder(Protocol):
 class _Inflate:
     """Raw deflate; zlib keeps unconsumed input in ``unconsumed_tail`` when the limit is hit."""
 
-    def __init__(self, obj: zlib._Decompress | None = None) -> None:
-        self.obj = obj if obj is not None else zlib.decompressobj(-15)
+    def __init__(self, obj: Any = None) -> None:
+        self.obj = obj if obj is not None else zlib_impl.decompressobj(-15)
         self.tail = b""
         self.full = False  # the last call stopped at its output limit: more may come without input
 
@@ -312,7 +318,7 @@ class Stream:
             if self.decoder.eof:
                 raise self._fail(f"data ends after {self.out_pos} bytes, {size} declared")
         self.out_pos += len(out)
-        self.crc = zlib.crc32(out, self.crc)
+        self.crc = crc32(out, self.crc)
         if self.out_pos >= size and self.crc != self.entry.crc:
             raise self._fail("CRC-32 mismatch (corrupt member)")
         if self.copyable and self.out_pos < size:

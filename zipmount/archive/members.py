@@ -7,11 +7,10 @@ import logging
 import os
 import struct
 import zipfile
-import zlib
 from typing import TYPE_CHECKING
 
 from ..errors import ArchiveError
-from .decompress import MemberStream
+from .decompress import MemberStream, crc32
 from .index import Entry
 from .readahead import Prefetcher
 
@@ -111,7 +110,7 @@ class StoredReader(MemberReader):
     def _advance(self, offset: int, data: bytes) -> None:
         assert self.crc_pos is not None
         if offset + len(data) > self.crc_pos:
-            self.crc = zlib.crc32(memoryview(data)[self.crc_pos - offset:], self.crc)
+            self.crc = crc32(memoryview(data)[self.crc_pos - offset:], self.crc)
             self.crc_pos = offset + len(data)
 
     def close(self) -> None:
