@@ -26,6 +26,7 @@ from robust.zips import (
     raw_zip,
 )
 
+from zipmount.archive import Archive, CachedObject
 from zipmount.archive.index import (
     CD_MAX_BYTES,
     Entry,
@@ -35,8 +36,10 @@ from zipmount.archive.index import (
     read_central_directory,
     save_index,
 )
-from zipmount.cache import DiskTier
+from zipmount.cache import BlockCache, DiskTier
 from zipmount.errors import ArchiveError
+from zipmount.source import Source, StorageOptions
+from zipmount.stats import Stats
 
 
 def index(data: bytes) -> EntryTable:
@@ -212,6 +215,28 @@ def test_a_huge_claimed_central_directory_is_refused_before_it_is_read(tmp_path:
     assert "\n" not in str(err.value)
     assert peak < 1 * 2**20, peak
     assert size - 22 > CD_MAX_BYTES
+
+
+def test_a_huge_claimed_central_directory_costs_no_memory_through_the_block_cache(tmp_path: Path):
+    """The same sparse file opened as the daemon opens it: local source, 8 MiB block cache."""
+    path = tmp_path / "sparse.zip"
+    size = 256 * 2**20
+    with path.open("wb") as f:
+        f.truncate(size - 22)
+        f.seek(size - 22)
+        f.write(struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 1, 1, size - 22, 0, 0))
+    stats = Stats()
+    source, inner = Source.for_url(str(path), StorageOptions(timeout=5, retries=0), stats)
+    cache = BlockCache(8 << 20, None, stats)
+    try:
+        tracemalloc.start()
+        with pytest.raises(ArchiveError, match="over the limit"):
+            Archive.open(CachedObject(source, source.stat(inner), cache), None)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    finally:
+        cache.close()
+    assert peak < 8 * 2**20, peak  # the cache cap; reading the claimed directory took 256 MiB+
 
 
 def test_parsing_peak_memory_is_a_small_multiple_of_the_central_directory():
