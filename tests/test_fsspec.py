@@ -414,3 +414,14 @@ def test_a_member_opens_through_one_chained_url_and_fo_may_be_an_openfile(s3opts
     fs = ZipmountFileSystem(fo=fsspec.open("s3://data/rec/a.rkns", "rb", **s3opts),
                             cache_dir=str(tmp_path))
     assert fs.cat_file(".zattrs") == zattrs
+
+
+def test_closing_a_shared_engine_lets_the_next_filesystem_start_afresh(zmfs, tmp_path):
+    from zipmount.engine import Engine
+
+    first = zmfs("s3://data/single/stored.zip")
+    Engine.close_shared(str(tmp_path / "cache"))
+    second = zmfs("s3://data/single/stored.zip")
+    assert second.tree.slot.reach.cache is not first.tree.slot.reach.cache
+    name = sorted(second.find(""))[0]
+    assert second.cat_file(name) and second.stats.counters["requests"] >= 1

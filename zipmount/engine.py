@@ -7,6 +7,7 @@ request) fsspec/s3fs.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -40,16 +41,30 @@ class Engine:
 
         The first caller's sizes win; a later caller asking for others is told so in the log.
         """
-        key = os.path.realpath(cache.dir) if cache.dir else None
+        key = _shared_key(cache.dir)
         with cls._shared_lock:
             engine = cls._shared.get(key)
             if engine is None:
+                if not cls._shared:
+                    # A script that reads and exits must not lose the disk copies still queued.
+                    atexit.register(cls.close_shared)
                 engine = cls._shared[key] = cls(StorageOptions(), cache)
             elif (engine.settings.memory, engine.settings.size) != (cache.memory, cache.size):
                 log.info("cache %s is already open in this process with memory=%d, size=%d: "
                          "using those", key or "(memory only)", engine.settings.memory,
                          engine.settings.size)
             return engine
+
+    @classmethod
+    def close_shared(cls, *cache_dirs: str | None) -> None:
+        """Close the shared engines of ``cache_dirs`` (None: the memory-only one; no argument:
+        all), letting queued disk writes finish. Filesystems still using one fail from then
+        on: this is for process exit, and for benchmarks standing for a new process."""
+        with cls._shared_lock:
+            keys = [_shared_key(d) for d in cache_dirs] if cache_dirs else list(cls._shared)
+            engines = [e for e in (cls._shared.pop(k, None) for k in keys) if e is not None]
+        for engine in engines:
+            engine.close()
 
     def __init__(self, storage: StorageOptions, cache: CacheConfig,
                  stats: Stats | None = None) -> None:
@@ -112,3 +127,7 @@ class Engine:
 
     def close(self) -> None:
         self.cache.close()
+
+
+def _shared_key(cache_dir: str | None) -> str | None:
+    return os.path.realpath(cache_dir) if cache_dir else None
