@@ -425,3 +425,27 @@ def test_closing_a_shared_engine_lets_the_next_filesystem_start_afresh(zmfs, tmp
     assert second.tree.slot.reach.cache is not first.tree.slot.reach.cache
     name = sorted(second.find(""))[0]
     assert second.cat_file(name) and second.stats.counters["requests"] >= 1
+
+
+def _read_in_child(fs: ZipmountFileSystem, names: list[str], queue) -> None:
+    queue.put(fs.cat(names))
+
+
+def test_a_filesystem_inherited_by_a_forked_child_reads_there(zmfs, samples):
+    """As PyTorch DataLoader workers get it: the parent's threads and event loop are gone."""
+    import multiprocessing
+
+    fs = zmfs("s3://data/single/stored.zip")
+    names = sorted(samples.stored.files)
+    assert fs.cat_file(names[0]) == samples.stored.files[names[0]]  # threads running now
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_read_in_child, args=(fs, names[1:], queue))
+    child.start()
+    try:
+        got = queue.get(timeout=60)
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+    assert got == {n: samples.stored.files[n] for n in names[1:]}

@@ -31,13 +31,14 @@ log = logging.getLogger(__name__)
 class Engine:
     """One block cache (memory + disk) and the trees served over it."""
 
-    _shared: dict[str | None, Engine] = {}
+    _shared: dict[tuple[int, str | None], Engine] = {}
     _shared_lock = threading.Lock()
 
     @classmethod
     def shared(cls, cache: CacheConfig) -> Engine:
         """The process-wide engine of ``cache.dir``: every in-process filesystem using that
-        cache directory (or none) shares one memory cap and one disk tier.
+        cache directory (or none) shares one memory cap and one disk tier. A forked child gets
+        its own (the parent's threads do not exist in it).
 
         The first caller's sizes win; a later caller asking for others is told so in the log.
         """
@@ -51,7 +52,7 @@ class Engine:
                 engine = cls._shared[key] = cls(StorageOptions(), cache)
             elif (engine.settings.memory, engine.settings.size) != (cache.memory, cache.size):
                 log.info("cache %s is already open in this process with memory=%d, size=%d: "
-                         "using those", key or "(memory only)", engine.settings.memory,
+                         "using those", key[1] or "(memory only)", engine.settings.memory,
                          engine.settings.size)
             return engine
 
@@ -61,7 +62,8 @@ class Engine:
         all), letting queued disk writes finish. Filesystems still using one fail from then
         on: this is for process exit, and for benchmarks standing for a new process."""
         with cls._shared_lock:
-            keys = [_shared_key(d) for d in cache_dirs] if cache_dirs else list(cls._shared)
+            keys = [_shared_key(d) for d in cache_dirs] if cache_dirs else \
+                [k for k in cls._shared if k[0] == os.getpid()]
             engines = [e for e in (cls._shared.pop(k, None) for k in keys) if e is not None]
         for engine in engines:
             engine.close()
@@ -129,5 +131,5 @@ class Engine:
         self.cache.close()
 
 
-def _shared_key(cache_dir: str | None) -> str | None:
-    return os.path.realpath(cache_dir) if cache_dir else None
+def _shared_key(cache_dir: str | None) -> tuple[int, str | None]:
+    return os.getpid(), os.path.realpath(cache_dir) if cache_dir else None

@@ -14,6 +14,7 @@ and ``cat`` of many members (zarr's ``getitems``) runs them concurrently.
 from __future__ import annotations
 
 import errno
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,17 +33,18 @@ from .tree import DEFAULT_SUFFIXES, Node, Tree
 
 _TYPES = {"dir": "directory", "file": "file", "link": "link"}
 _MAX_WORKERS = 16  # concurrent member reads of one cat/cat_ranges call
-_pool: ThreadPoolExecutor | None = None
+_pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool)
 _pool_lock = threading.Lock()
 
 
 def _executor() -> ThreadPoolExecutor:
-    """One pool per process, made on first use (never pickled, rebuilt in each worker)."""
+    """One pool per process, made on first use; a forked child makes its own (the parent's
+    idle threads do not exist there, but the parent's pool would count on them)."""
     global _pool
     with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(_MAX_WORKERS, thread_name_prefix="zipmount-fsspec")
-        return _pool
+        if _pool is None or _pool[0] != os.getpid():
+            _pool = (os.getpid(), ThreadPoolExecutor(_MAX_WORKERS, thread_name_prefix="zipmount-fsspec"))
+        return _pool[1]
 
 
 def _os_error(exc: ZipmountError) -> OSError:
@@ -90,6 +92,7 @@ class ZipmountFileSystem(AbstractFileSystem):
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         fs, path, known, url = _target(fo, target_protocol, target_options or {}, timeout)
+        self._pid = os.getpid()
         # What a pickle carries: small, and enough for a worker to rebuild this filesystem.
         self._options: dict[str, Any] = {
             **kwargs, "fo": url,
@@ -99,15 +102,31 @@ class ZipmountFileSystem(AbstractFileSystem):
             "memory": memory, "ttl": ttl, "timeout": timeout, "suffixes": tuple(suffixes),
             "root": root,
         }
+        self._connect(fs, path, known)
+
+    def _connect(self, fs: fsspec.AbstractFileSystem, path: str, known: dict[str, Any] | None) -> None:
+        opts = self._options
         with _boundary():
             engine = Engine.shared(CacheConfig(
-                memory=parse_size(memory, "memory"),
-                dir=(cache_dir or default_cache_dir()) if disk_cache else None,
-                size=parse_size(cache_size, "cache_size"), ttl=float(ttl)))
+                memory=parse_size(opts["memory"], "memory"),
+                dir=(opts["cache_dir"] or default_cache_dir()) if opts["disk_cache"] else None,
+                size=parse_size(opts["cache_size"], "cache_size"), ttl=float(opts["ttl"])))
             self.stats = engine.stats  # the process's counters for this cache (requests, hits)
-            self.tree: Tree = engine.filesystem_tree(
-                fs, path, timeout=float(timeout), known=known, suffixes=tuple(suffixes),
-                root=root, ttl=float(ttl))
+            self._tree = engine.filesystem_tree(
+                fs, path, timeout=float(opts["timeout"]), known=known, suffixes=opts["suffixes"],
+                root=opts["root"], ttl=float(opts["ttl"]))
+
+    @property
+    def tree(self) -> Tree:
+        """The tree served; rebuilt in a forked child, where the parent's engine threads and
+        its store client's event loop do not exist."""
+        if self._pid != os.getpid():
+            fs, path, _, _ = _target(self._options["fo"], self._options["target_protocol"],
+                                     self._options["target_options"] or {},
+                                     self._options["timeout"])
+            self._connect(fs, path, None)
+            self._pid = os.getpid()
+        return self._tree
 
     def __reduce__(self) -> tuple[Any, ...]:
         return make_instance, (type(self), (), self._options)
