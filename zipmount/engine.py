@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 class Engine:
     """One block cache (memory + disk) and the trees served over it."""
 
-    _shared: dict[tuple[int, str | None], Engine] = {}
+    _shared: dict[str | None, Engine] = {}  # by cache dir, of this process (Engine.pid)
     _shared_lock = threading.Lock()
 
     @classmethod
@@ -45,14 +45,14 @@ class Engine:
         key = _shared_key(cache.dir)
         with cls._shared_lock:
             engine = cls._shared.get(key)
-            if engine is None:
+            if engine is None or engine.pid != os.getpid():
                 if not cls._shared:
                     # A script that reads and exits must not lose the disk copies still queued.
                     atexit.register(cls.close_shared)
                 engine = cls._shared[key] = cls(StorageOptions(), cache)
             elif (engine.settings.memory, engine.settings.size) != (cache.memory, cache.size):
                 log.info("cache %s is already open in this process with memory=%d, size=%d: "
-                         "using those", key[1] or "(memory only)", engine.settings.memory,
+                         "using those", key or "(memory only)", engine.settings.memory,
                          engine.settings.size)
             return engine
 
@@ -62,14 +62,15 @@ class Engine:
         all), letting queued disk writes finish. Filesystems still using one fail from then
         on: this is for process exit, and for benchmarks standing for a new process."""
         with cls._shared_lock:
-            keys = [_shared_key(d) for d in cache_dirs] if cache_dirs else \
-                [k for k in cls._shared if k[0] == os.getpid()]
-            engines = [e for e in (cls._shared.pop(k, None) for k in keys) if e is not None]
+            keys = [_shared_key(d) for d in cache_dirs] if cache_dirs else list(cls._shared)
+            engines = [e for e in (cls._shared.pop(k, None) for k in keys)
+                       if e is not None and e.pid == os.getpid()]
         for engine in engines:
             engine.close()
 
     def __init__(self, storage: StorageOptions, cache: CacheConfig,
                  stats: Stats | None = None) -> None:
+        self.pid = os.getpid()  # its threads exist in this process only
         self.storage = storage
         self.settings = cache
         self.stats = stats or Stats()
@@ -131,5 +132,5 @@ class Engine:
         self.cache.close()
 
 
-def _shared_key(cache_dir: str | None) -> tuple[int, str | None]:
-    return os.getpid(), os.path.realpath(cache_dir) if cache_dir else None
+def _shared_key(cache_dir: str | None) -> str | None:
+    return os.path.realpath(cache_dir) if cache_dir else None
