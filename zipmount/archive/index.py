@@ -36,7 +36,7 @@ import stat
 import struct
 import time
 from array import array
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import ItemsView, Iterable, Iterator, Mapping, ValuesView
 from typing import IO, Any, NamedTuple
 
 from ..cache import DiskTier
@@ -97,6 +97,7 @@ _CODES = "qqIqHqIHHHI"
 _I64 = (-(2**63), 2**63 - 1)
 _KINDS = ("file", "dir", "link")
 _FILE, _DIR, _LINK = range(3)
+_new_tuple = tuple.__new__
 
 
 def _key(name: str) -> str:
@@ -132,9 +133,10 @@ class EntryTable(Mapping[str, Entry]):
 
     def _entry(self, i: int) -> Entry:
         c = self._columns
-        return Entry(_name(self._keys[i]), _KINDS[self._kinds[i]], c[0][i], c[1][i], c[2][i],
-                     c[3][i], c[4][i], c[5][i], c[6][i], c[7][i], c[8][i], c[9][i], c[10][i],
-                     self._targets.get(i, ""))
+        # tuple.__new__ skips the named tuple's Python-level __new__: half the cost of a lookup
+        return _new_tuple(Entry, (_name(self._keys[i]), _KINDS[self._kinds[i]], c[0][i], c[1][i],
+                                  c[2][i], c[3][i], c[4][i], c[5][i], c[6][i], c[7][i], c[8][i],
+                                  c[9][i], c[10][i], self._targets.get(i, "")))
 
     def __getitem__(self, name: str) -> Entry:
         i = self._index(name) if isinstance(name, str) else -1
@@ -150,6 +152,12 @@ class EntryTable(Mapping[str, Entry]):
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    def items(self) -> ItemsView[str, Entry]:
+        return _Items(self)
+
+    def values(self) -> ValuesView[Entry]:
+        return _Values(self)
 
     def is_dir(self, name: str) -> bool:
         i = self._index(name)
@@ -186,6 +194,26 @@ class EntryTable(Mapping[str, Entry]):
         if not all(isinstance(k, str) for k in keys) or any(k > _LINK for k in kinds):
             raise ValueError("bad keys or kinds")
         return cls(keys, kinds, columns, {int(i): str(t) for i, t in doc["targets"].items()})
+
+
+class _Items(ItemsView[str, Entry]):
+    """Items in key order without a lookup per item."""
+
+    _mapping: EntryTable
+
+    def __iter__(self) -> Iterator[tuple[str, Entry]]:
+        table = self._mapping
+        for i in range(len(table)):
+            entry = table._entry(i)
+            yield entry.name, entry
+
+
+class _Values(ValuesView[Entry]):
+    _mapping: EntryTable
+
+    def __iter__(self) -> Iterator[Entry]:
+        table = self._mapping
+        return map(table._entry, range(len(table)))
 
 
 class Children(Mapping[str, list[str]]):
