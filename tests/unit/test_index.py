@@ -285,3 +285,24 @@ def test_build_tree_of_plain_entries_matches_the_table_of_an_archive():
     by_name, children = build_tree(entries)
     assert by_name["x/y"].size == 2 and by_name["x/y (1)"].size == 1
     assert children["x"] == ["y", "y (1)"] and by_name["x"].mtime_ns == 6
+
+
+def test_many_duplicates_cost_linear_time_and_a_bounded_log(caplog):
+    start = time.process_time()
+    table = index(raw_zip([RawMember(b"same.txt", b"x") for _ in range(20_000)]))
+    assert time.process_time() - start < 10
+    assert len(table) == 20_000 and "same (19999).txt" in table
+    assert len(caplog.records) <= 10
+    assert "19994 more duplicate names" in caplog.text
+
+
+def test_a_long_hard_link_chain_resolves_in_linear_time():
+    n = 20_000
+    members = [RawMember(b"real", b"data")]
+    # the last link first: resolving it walks the whole chain
+    members += [hard_link(b"l%d" % i, b"real" if i == 0 else b"l%d" % (i - 1))
+                for i in reversed(range(n))]
+    start = time.process_time()
+    table = index(raw_zip(members))
+    assert time.process_time() - start < 10
+    assert table[f"l{n - 1}"].size == 4 and table["real"].nlink == n + 1

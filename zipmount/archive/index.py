@@ -12,7 +12,7 @@ What the index shows (documented in the README):
   matches, otherwise one code page per archive (:mod:`.names`); then cleaned (:func:`clean_name`);
 - duplicates: the **last** entry of a name keeps it (what ``unzip -o`` leaves), earlier ones are
   ``name (1).ext``, ``name (2).ext`` ... in archive order; a file whose name is also a directory's
-  is renamed the same way, the directory keeps the name; one log line each;
+  is renamed the same way, the directory keeps the name; logged (the first five one by one);
 - mtime: NTFS (0x000a, 100 ns) wins, then extended timestamp (0x5455), then the PKWARE unix field
   (0x000d), then the DOS time read as the daemon's local time;
 - symlinks: unix mode ``S_IFLNK``; the target is the member's data (Info-ZIP) or the PKWARE unix
@@ -22,7 +22,8 @@ What the index shows (documented in the README):
 - fifos, devices and sockets are skipped (one log line per archive); a "fifo" with data (Info-ZIP
   ``-FI``) is a regular file;
 - members sharing bytes (overlap bombs), or running into the central directory, are dropped with
-  one log line per archive; only the earliest member at an offset is kept.
+  one log line per archive; of several records at one offset only the first (in central
+  directory order) is kept.
 """
 
 from __future__ import annotations
@@ -483,32 +484,52 @@ def _resolve_hard_links(rows: _Rows, links: dict[int, str], archive: str) -> Non
     """Give each hard link its target's data (following chains); drop those that cannot be."""
     if not links:
         return
+    missing, loop = -1, -2
     by_name = {name: i for i, name in enumerate(rows.names)}  # the last of a name: the one shown
-    resolved: dict[int, int] = {}
-    for i in links:
-        seen = {i}
-        j = i
-        while j in links:
-            j = by_name.get(links[j], -1)
-            if j < 0 or j in seen:
+    final: dict[int, int] = {}  # link row -> the row it ends at, or missing / loop
+    for start in links:
+        path: list[int] = []
+        on_path: set[int] = set()
+        j = start
+        while True:
+            if j in final:
+                end = final[j]
                 break
-            seen.add(j)
-        ok = j >= 0 and j not in links and rows.kinds[j] == _FILE
-        if not ok:
-            why = ("has no target in the archive" if j < 0 else "points to itself or loops"
-                   if j in links else f"points to a {_KINDS[rows.kinds[j]]}")
-            log.warning("%s: hard link %r -> %r %s: not shown", archive, rows.names[i], links[i], why)
-            rows.kinds[i] = 0xFF  # dropped by _build
-            continue
-        resolved[i] = j
+            if j not in links:
+                end = j
+                break
+            if j in on_path:  # a loop
+                end = loop
+                break
+            path.append(j)
+            on_path.add(j)
+            j = by_name.get(links[j], missing)
+            if j == missing:
+                end = missing
+                break
+        for p in path:
+            final[p] = end
     counts: dict[int, int] = {}
-    for j in resolved.values():
-        counts[j] = counts.get(j, 1) + 1
+    broken = 0
+    for i, j in final.items():
+        if j >= 0 and rows.kinds[j] == _FILE:
+            counts[j] = counts.get(j, 1) + 1
+            continue
+        broken += 1
+        if broken <= _SHOWN_MAX:
+            why = ("has no target in the archive" if j == missing else
+                   "points to itself or loops" if j == loop else f"points to a {_KINDS[rows.kinds[j]]}")
+            log.warning("%s: hard link %r -> %r %s: not shown", archive, rows.names[i], links[i], why)
+        rows.kinds[i] = 0xFF  # dropped by _build
+    if broken > _SHOWN_MAX:
+        log.warning("%s: %d more hard links without a usable target: not shown", archive,
+                    broken - _SHOWN_MAX)
     nlink = _FIELDS.index("nlink")
-    for i, j in resolved.items():
-        for col in rows.columns:
-            col[i] = col[j]
-        rows.columns[nlink][i] = counts[j]
+    for i, j in final.items():
+        if rows.kinds[i] != 0xFF:
+            for col in rows.columns:
+                col[i] = col[j]
+            rows.columns[nlink][i] = counts[j]
     for j, n in counts.items():
         rows.columns[nlink][j] = n
 
@@ -587,6 +608,8 @@ def _build(rows: _Rows, archive: str) -> EntryTable:
             dirs[parent] = rows.append(parent, _DIR, (0, mtime, 0o555, 0, 0, 0, 0, 0, 0, 0, 1))
             parent = parent.rpartition("/")[0]
     taken = set(dirs) | set(last)
+    next_number: dict[str, int] = {}  # so that k duplicates of a name cost O(k), not O(k²)
+    renamed_count = 0
     kept: list[int] = list(dirs.values())
     for i in range(len(names)):
         if kinds[i] in (_DIR, 0xFF):
@@ -595,18 +618,25 @@ def _build(rows: _Rows, archive: str) -> EntryTable:
         kept.append(i)
         if name not in dirs and last[name] == i:
             continue
-        n = 1
+        n = next_number.get(name, 1)
         while (renamed := _numbered(name, n)) in taken:
             n += 1
+        next_number[name] = n + 1
         taken.add(renamed)
         names[i] = renamed
+        renamed_count += 1
+        if renamed_count > _SHOWN_MAX:
+            continue
         if name in dirs:
             log.warning("%sarchive has a file and a directory named %r: the file is %r", where,
                         name, renamed)
         else:
             log.warning("%sarchive has duplicate name %r: an earlier entry is %r", where, name,
                         renamed)
-    del taken, last, dirs
+    if renamed_count > _SHOWN_MAX:
+        log.warning("%sarchive has %d more duplicate names, each shown as 'name (n)'", where,
+                    renamed_count - _SHOWN_MAX)
+    del taken, last, dirs, next_number
     keys = [_key(names[i]) for i in kept]
     order = sorted(range(len(kept)), key=keys.__getitem__)
     source = array("l", (kept[j] for j in order))
