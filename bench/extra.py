@@ -19,6 +19,7 @@ import os
 import struct
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from bench.cohort import COHORT_FULL, COHORT_QUICK, PREFIX, touched_bytes
 from bench.contenders import ZipmountContender
+from bench.datagen import central_directory_offset
 from bench.inproc import ChildContender, FuseFloorContender, ZipmountFsspecContender
 from bench.venvs import VENV312, ZARR3_VENV, ensure_venv312
 
@@ -207,25 +209,26 @@ class ExtraSteps:
     def cohort_step(self, delay, url: str) -> None:
         """N sampler processes through a prefix mount and through the seed recipe."""
         spec = self.cohort_spec()
+        self.cohort_cd: dict[str, tuple[int, int]] = {}
         opts = {"recordings": spec.recordings, "channels": spec.channels, "samples": spec.samples,
                 "length": self.args.window_len, "chunk": spec.chunk,
                 "duration": self.args.cohort_seconds}
         modes = [m for m, ok in (("mount", self.want_zm and "zipmount" in self.args.contenders),
                                  ("seed", "seed" in self.args.contenders)) if ok]
         for mode in modes:
+            try:
+                self._cohort_listing(mode, delay, url, spec.recordings)
+            except Exception as e:  # noqa: BLE001
+                self._log(f"  cohort {mode} listing failed: {e}")
+                self.notes.append(f"cohort {mode} listing at +{delay:g} ms failed: {e}")
             for n in COHORT_PROCS:
                 zm = None
                 try:
                     if mode == "mount":
+                        # samplers know the names; the listing is measured on its own above
                         zm = self.new_zipmount(url, {"eeg": "", "many": ""}, f"co{n}-")
                         sub = zm.mount(f"cohort/{PREFIX}", fresh=True)
                         where = zm.mountpoint
-                        t0 = time.perf_counter()
-                        listed = len(os.listdir(where))
-                        sub["list_s"] = time.perf_counter() - t0
-                        sub["listed"] = listed
-                        if listed != spec.recordings:
-                            raise RuntimeError(f"prefix mount lists {listed} of {spec.recordings}")
                     else:
                         where, sub = url, {}
                     self._sampler_run(mode, n, where, opts, delay, sub)
@@ -235,6 +238,36 @@ class ExtraSteps:
                 finally:
                     if zm is not None:
                         zm.cleanup()
+
+    def _cohort_listing(self, mode: str, delay, url: str, expected: int) -> None:
+        """List the cohort once, as a sampler's setup does: ``os.listdir`` of a fresh prefix
+        mount (mount time excluded), or one s3fs ``ls`` of the prefix (the seed recipe)."""
+        zm = None
+        try:
+            if mode == "mount":
+                zm = self.new_zipmount(url, {"eeg": "", "many": ""}, "co-list-")
+                zm.mount(f"cohort/{PREFIX}", fresh=True)
+                where = zm.mountpoint
+
+                def listing() -> int:
+                    return len(os.listdir(where))
+            else:
+                import s3fs
+
+                fs = s3fs.S3FileSystem(anon=True, endpoint_url=url, skip_instance_cache=True,
+                                       use_listings_cache=False)
+
+                def listing() -> int:
+                    return len(fs.ls(f"cohort/{PREFIX}"))
+            n, rec = self.measure(Named(f"cohort-{mode}", True), delay, "cohort_list", listing,
+                                  check=False)
+            rec["entries"] = n
+            if n != expected:
+                rec["error"] = f"listed {n} of {expected} recordings"
+                self.notes.append(f"cohort {mode}: {rec['error']}")
+        finally:
+            if zm is not None:
+                zm.cleanup()
 
     def _sampler_run(self, mode: str, n: int, where: str, opts: dict, delay, sub: dict) -> None:
         procs = []
@@ -251,11 +284,17 @@ class ExtraSteps:
                 if p.stdout.readline().strip() != "READY":
                     raise RuntimeError(f"a sampler did not start (logs in {self.work})")
             mark = self.nginx.log_mark()
+            # a sampler stuck in a read must not hang the run: kill them all after the timeout
+            watchdog = threading.Timer(opts["duration"] + self.args.step_timeout,
+                                       lambda: [p.kill() for p in procs if p.poll() is None])
+            watchdog.daemon = True
+            watchdog.start()
             t0 = time.perf_counter()
             for p in procs:
                 p.stdin.write("GO\n")
                 p.stdin.flush()
             results = [json.loads(p.stdout.readline() or "{}") for p in procs]
+            watchdog.cancel()
             wall = time.perf_counter() - t0
             wall_end = time.time()
         finally:
@@ -266,6 +305,7 @@ class ExtraSteps:
         self.nginx.wait_quiet()
         reqs = self.nginx.log_since(mark)
         chunks = set().union(*(set(r.get("chunks", [])) for r in results))
+        index_bytes = sum(self._cohort_index_bytes(r) for r in reqs)
         windows = sum(r.get("windows", 0) for r in results)
         span = max([r.get("elapsed_s", 0.0) for r in results] + [1e-9])
         rec = {
@@ -275,7 +315,7 @@ class ExtraSteps:
             "errors": sum(r.get("errors", 0) for r in results),
             "first_error": next((r["first_error"] for r in results if r.get("first_error")), None),
             "recordings_opened": sum(r.get("recordings_opened", 0) for r in results),
-            "requests": len(reqs), "bytes": sum(r.bytes for r in reqs),
+            "requests": len(reqs), "bytes": sum(r.bytes for r in reqs), "index_bytes": index_bytes,
             "late_requests": sum(1 for r in reqs if r.t_end > wall_end + 0.002),
             "chunks_touched": len(chunks),
             "chunks_touched_bytes": touched_bytes(self.cohort_manifest, chunks),
@@ -285,6 +325,18 @@ class ExtraSteps:
         self._log(f"  cohort {mode:5s} N={n}: {windows} windows in {span:.1f} s = "
                   f"{rec['windows_per_s']:.0f}/s, {rec['requests']} req, {rec['bytes'] / MB:.1f} MB"
                   + (f", {rec['errors']} errors ({rec['first_error']})" if rec["errors"] else ""))
+
+    def _cohort_index_bytes(self, r) -> int:
+        """How many bytes of a recording's central directory (and end record) a request got."""
+        path = r.path.lstrip("/").split("?")[0]
+        if not path.startswith(f"cohort/{PREFIX}") or r.method != "GET" or r.status >= 300:
+            return 0
+        if path not in self.cohort_cd:
+            p = Path(self.manifest["root"]) / path
+            self.cohort_cd[path] = (p.stat().st_size, central_directory_offset(p))
+        size, cd = self.cohort_cd[path]
+        first, last = r.range_tuple(size) or (0, size - 1)
+        return max(0, last + 1 - max(first, cd))
 
     # ------------------------------------------------------------ reporting
 
@@ -388,7 +440,8 @@ class ExtraSteps:
                     continue
                 cells.append(
                     f"{r['windows_per_s']:.0f} windows/s ({r['windows']} in {r['time_s']:.1f} s) · "
-                    f"{r['requests']} req · {r['bytes'] / MB:.1f} MB served · chunks touched "
+                    f"{r['requests']} req · {r['bytes'] / MB:.1f} MB served (of it central directories "
+                    f"{r.get('index_bytes', 0) / MB:.2f} MB) · chunks touched "
                     f"{r['chunks_touched_bytes'] / MB:.1f} MB = "
                     f"{r['bytes'] / max(1, r['chunks_touched_bytes']):.2f}×"
                     + (f" · **{r['errors']} errors**" if r.get("errors") else ""))
@@ -396,6 +449,11 @@ class ExtraSteps:
             ratio = (f"{m['windows_per_s'] / s['windows_per_s']:.2f}×"
                      if m and s and s.get("windows_per_s") else "–")
             rows.append(f"| {n} | " + " | ".join(cells) + f" | {ratio} |")
+        for mode, what in (("mount", "`os.listdir` of a fresh prefix mount"),
+                           ("seed", "s3fs `ls` of the prefix")):
+            r = self.find(f"cohort-{mode}", "cohort_list", delay)
+            if r is not None:
+                rows.append(f"| list the cohort ({mode}: {what}) | {self.cell(r, True)} | | |")
         spec = self.cohort_spec()
         return [f"### Cohort sampler (+{delay:g} ms): {spec.recordings:,} recordings of "
                 f"{spec.channels}×{spec.samples:,} float32 (chunks of {spec.chunk}), random "

@@ -165,6 +165,13 @@ class ChildContender:
             raise RuntimeError(ans["error"])
         return ChildResult(ans["time_s"], ans.get("digest"))
 
+    def watchdog_kill(self) -> None:
+        """Called by the step watchdog: a hung worker (or mount) fails the step, not the run."""
+        if self.mount is not None:
+            self.mount.watchdog_kill()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+
     def start(self, fresh: bool) -> dict:
         sub: dict = {}
         if self.mount is not None:

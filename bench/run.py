@@ -168,8 +168,9 @@ class Bench(ExtraSteps):
     def cold(self, c) -> None:
         """Start a cold step: drop the page cache, re-warm what is not under test."""
         self.drop_caches()
-        if isinstance(c, ZipmountContender) and self.args.drop_caches:
-            self.warm_software(c)
+        zm = c if isinstance(c, ZipmountContender) else getattr(c, "mount", None)
+        if isinstance(zm, ZipmountContender) and self.args.drop_caches:
+            self.warm_software(zm)
 
     def warm_software(self, c: ZipmountContender) -> None:
         """Bring zipmount's own code (Python modules, botocore's models) back into the page
@@ -208,7 +209,7 @@ class Bench(ExtraSteps):
         remote = c.remote
         mark = self.nginx.log_mark() if remote else 0
         watchdog = None
-        if isinstance(c, ZipmountContender):
+        if hasattr(c, "watchdog_kill"):
             watchdog = threading.Timer(self.args.step_timeout, c.watchdog_kill)
             watchdog.daemon = True
             watchdog.start()

@@ -47,8 +47,8 @@ def ensure_venv312(log=print) -> dict[str, str | None]:
     status_file = VENV312 / "bench-install.json"
     if status_file.exists():
         status = json.loads(status_file.read_text())
-        if set(status) == set(PACKAGES312):
-            return status
+        if set(status) == set(PACKAGES312) and not any(status.values()):
+            return status  # all installed; after a failure, try again (it may have been transient)
     py = _python312()
     if py is None:
         return {k: "no Python 3.12 found (pyenv or python3.12 on PATH)" for k in PACKAGES312}
