@@ -146,6 +146,7 @@ class ZipOperations(Operations):
         self._unsure_until = 0.0  # until then, a path without bookkeeping may have been evicted
         self._open_versions: dict[str, Counter[str]] = {}
         self._listings: OrderedDict[str, int] = OrderedDict()
+        self._stat_dirs: OrderedDict[str, None] = OrderedDict()  # directories with entries looked up
         self._lock = threading.Lock()
         self._fuse: int | None = None  # libfuse's struct fuse *, once the session runs
 
@@ -197,7 +198,7 @@ class ZipOperations(Operations):
 
     def tracked_paths(self) -> int:
         """How many paths the kernel-cache bookkeeping holds now (bounded)."""
-        return len(self._seen) + len(self._listings)
+        return len(self._seen) + len(self._listings) + len(self._stat_dirs)
 
     # -- metadata -------------------------------------------------------------------------------
 
@@ -219,7 +220,24 @@ class ZipOperations(Operations):
 
     @_translated
     def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
-        return self._attrs(path)
+        attrs = self._attrs(path)
+        parent = path.rstrip("/").rpartition("/")[0] or "/"
+        with self._lock:
+            self._stat_dirs[parent] = None
+            self._stat_dirs.move_to_end(parent)
+            if len(self._stat_dirs) > self.max_tracked_paths:
+                self._stat_dirs.popitem(last=False)
+        return attrs
+
+    def wants_plus(self, path: str) -> bool:
+        """Whether a listing of ``path`` should carry its entries' attributes (READDIRPLUS).
+
+        Only where the kernel has looked up entries of it before: then a listing saves those
+        round trips. A listing nothing stats afterwards (``find``) would pay a stat per entry
+        for nothing: 2-3x the time of names only for 10k entries.
+        """
+        with self._lock:
+            return path in self._stat_dirs
 
     @_translated
     def opendir(self, path: str, fi: Any) -> int:
@@ -393,12 +411,13 @@ class _Session(FUSE):
 
     def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any,
                        flags: int) -> int:
-        if not flags & FUSE_READDIR_PLUS or path is None:
+        decoded = None if path is None else path.decode(self.encoding, self.errors)
+        if not flags & FUSE_READDIR_PLUS or decoded is None or not self.operations.wants_plus(decoded):
             return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)
         # Each entry with its own offset: libfuse 3.14 sends entries filled with offset 0 from a
         # list that drops their attributes (and the node id the kernel needs to keep them).
         st = mfusepy.c_stat()
-        entries = self.operations.readdir_plus(path.decode(self.encoding, self.errors), offset)
+        entries = self.operations.readdir_plus(decoded, offset)
         for index, (name, attrs, complete) in enumerate(entries, start=offset + 1):
             ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
             mfusepy.set_st_attrs(st, attrs, use_ns=True)

@@ -108,3 +108,17 @@ def test_a_directory_keeps_its_cached_entries_while_its_listing_is_unchanged(arc
     assert (first.cache_readdir, first.keep_cache) == (1, 0)
     assert (again.cache_readdir, again.keep_cache) == (1, 1)
     assert (other.cache_readdir, other.keep_cache) == (1, 0)
+
+
+def test_listings_carry_attributes_only_where_entries_were_looked_up_and_that_memory_is_bounded(
+        archive, tmp_path):
+    ops = _ops(archive, str(tmp_path / "many.zip"), ttl=60)
+    ops.max_tracked_paths = 5
+    assert not ops.wants_plus("/d00")
+    ops.getattr("/d00/f0001.txt")
+    assert ops.wants_plus("/d00") and not ops.wants_plus("/d01")
+    ops.getattr("/d00")
+    assert ops.wants_plus("/")
+    for d in range(1, 12):
+        ops.getattr(f"/d{d:02d}/f{d * 100:04d}.txt")
+    assert len(ops._stat_dirs) == 5 and not ops.wants_plus("/d00") and ops.wants_plus("/d11")
