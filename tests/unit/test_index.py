@@ -20,6 +20,7 @@ from robust.zips import (
     S_SOCK,
     RawMember,
     ext_time_extra,
+    extra_field,
     hard_link,
     ntfs_extra,
     pkware_unix_extra,
@@ -306,3 +307,22 @@ def test_a_long_hard_link_chain_resolves_in_linear_time():
     table = index(raw_zip(members))
     assert time.process_time() - start < 10
     assert table[f"l{n - 1}"].size == 4 and table["real"].nlink == n + 1
+
+
+def test_zip64_records_and_data_prepended_to_the_archive_are_read_as_zipfile_reads_them():
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name in ("a.txt", "dir/b.bin"):
+            with zf.open(name, "w", force_zip64=True) as f:
+                f.write(name.encode() * 100)
+    data = b"#!/bin/sh\nexit 0\n" * 10 + buf.getvalue()  # a self-extractor's stub in front
+    table = index(data)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        for info in zf.infolist():
+            entry = table[info.filename]
+            assert (entry.size, entry.compress_size, entry.header_offset, entry.crc) == \
+                (info.file_size, info.compress_size, info.header_offset, info.CRC)
+    zip64 = extra_field(0x0001, struct.pack("<QQ", 4, 4))  # file size, then compressed size
+    entry = index(raw_zip([RawMember(b"z", b"data", file_size=2**32 - 1, compress_size=2**32 - 1,
+                                     extra=zip64)]))["z"]
+    assert (entry.size, entry.compress_size) == (4, 4)
