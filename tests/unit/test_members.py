@@ -216,8 +216,10 @@ def test_random_reads_of_a_deflated_member_start_from_its_checkpoints(workdir):
         assert first.read(len(plain) - 4096, 4096) == plain[-4096:]  # decodes all, checkpoints
         first.close()
         rng = random.Random(4)
+        entry = archive.entries["big"]
         for _ in range(30):
-            reader = archive.reader(archive.entries["big"])  # a new handle: shared checkpoints
+            dz.PARKED.take(archive.member_version(entry))  # no parked stream: checkpoints only
+            reader = archive.reader(entry)  # a new handle: the member's checkpoints
             offset = rng.randrange(len(plain))
             assert reader.read(offset, 4096) == plain[offset: offset + 4096]
             stream = reader.stream.stream
@@ -238,6 +240,20 @@ def test_backward_steps_inside_the_window_reuse_the_stream(workdir):
             assert reader.read(3 * MiB, 4096) == plain[3 * MiB: 3 * MiB + 4096]
             assert reader.stream.stream is stream, "a step back inside the window restarted"
         finally:
+            reader.close()
+
+
+def test_a_new_handle_goes_on_where_the_last_closed_one_stopped(workdir):
+    plain = text(9, 4 * MiB)
+    with opened(write_zip(workdir, [member("m", LZMA, plain)])) as archive:
+        reader = archive.reader(archive.entries["m"])
+        assert reader.read(0, MiB) == plain[:MiB]
+        stream = reader.stream.stream
+        reader.close()
+        for offset in range(MiB, 3 * MiB, 256 * 1024):  # open, read, close, again and again
+            reader = archive.reader(archive.entries["m"])
+            assert reader.read(offset, 4096) == plain[offset: offset + 4096]
+            assert reader.stream.stream is stream, f"restarted from the start for {offset}"
             reader.close()
 
 
@@ -295,7 +311,9 @@ def test_a_big_stored_member_read_whole_in_order_is_crc_checked(workdir):
                         assert reader.read(offset, 128 * 1024) == plain[offset: offset + 128 * 1024]
             finally:
                 reader.close()
-        reader = archive.reader(archive.entries["bad"])  # random reads: nothing to check
+        with pytest.raises(ArchiveError, match="CRC"):  # the kernel's retry must fail as well
+            archive.reader(archive.entries["bad"])
+        reader = archive.reader(archive.entries["good"])  # random reads: nothing to check
         assert reader.read(5 * MiB, 100) == plain[5 * MiB: 5 * MiB + 100]
         reader.close()
 

@@ -59,6 +59,7 @@ class Archive:
         self.prefetcher = Prefetcher(cached)
         self._data_offsets: dict[str, int] = {}
         self._verified: set[str] = set()
+        self._corrupt: dict[str, str] = {}  # member -> why: every later read of it fails too
         self._spill_locks: dict[str, threading.Lock] = {}
         self._spills_checked: set[str] = set()  # spill files known good in this process
         self._spills_failed: set[str] = set()  # could not be written: stream instead
@@ -156,11 +157,25 @@ class Archive:
         if entry.name in self._verified or entry.size > WHOLE_MEMBER_MAX:
             return
         if crc32(self.cached.read(start, start + entry.size)) != entry.crc:
-            raise ArchiveError(f"{entry.name}: CRC-32 mismatch (corrupt member)")
+            exc = ArchiveError(f"{entry.name}: CRC-32 mismatch (corrupt member)")
+            self.mark_corrupt(entry, exc)
+            raise exc
         self._verified.add(entry.name)
+
+    def mark_corrupt(self, entry: Entry, exc: ArchiveError) -> None:
+        """Remember that ``entry`` is corrupt: the kernel retries a failed read page by page,
+        and a retry must not be served what the failed read refused."""
+        self._corrupt[entry.name] = str(exc)
+
+    def check_intact(self, entry: Entry) -> None:
+        """Raise the error found earlier in ``entry``'s data, if any."""
+        why = self._corrupt.get(entry.name)
+        if why is not None:
+            raise ArchiveError(why)
 
     def check_readable(self, entry: Entry) -> None:
         """Raise the error an open of ``entry`` must fail with, if any."""
+        self.check_intact(entry)
         if entry.encrypted:
             raise MemberEncrypted(f"{entry.name}: member is encrypted")
         if entry.method not in SUPPORTED_METHODS:

@@ -13,7 +13,9 @@ arrive slightly out of order, restarted at every backward step). Here:
   size are not served (as zipfile does; the CRC covers the declared bytes).
 - **Bounded per handle.** A :class:`MemberStream` (one per open file) holds one decoder and a
   *window* of the last WINDOW bytes it produced (plus the read in progress), so the kernel's
-  slightly out-of-order readahead READs on one handle are served from the window. A decoder is
+  slightly out-of-order readahead READs on one handle are served from the window. When the
+  handle is closed, its stream is *parked* (:class:`StreamPark`, PARKED_MAX streams per daemon)
+  for the member's next handle: open-read-close loops go on where the last handle stopped. A decoder is
   ~40 KiB for deflate, ~4 MiB for bzip2 (900k blocks) and up to LZMA_DICT_MAX for LZMA: the
   dictionary is clamped to the member's declared size (a bigger one is never needed) and a
   member that would still need more is refused (EIO) rather than allowed to take gigabytes.
@@ -29,7 +31,8 @@ arrive slightly out of order, restarted at every backward step). Here:
   backward steps inside the window are free, and a backward step beyond the window restarts from
   the member's start — unless the member gets a *spill file* (see ``Archive.spill_path``): with
   a disk cache, a bzip2/LZMA member of at least SPILL_MIN bytes is decompressed once into the
-  disk cache at its first such step and read from there. Deflate members never spill:
+  disk cache at its first such step (or a handle's first read beyond WINDOW) and read from
+  there. Deflate members never spill:
   checkpoints give random access in memory at a few ms per read, without writing the whole
   member to disk first (nor evicting the cache for it). Without a disk cache, random access
   into a big bzip2/LZMA member costs a decompression from its start per backward jump: bounded
@@ -70,6 +73,7 @@ CHECKPOINT_EVERY = 2 * 1024 * 1024
 CHECKPOINTS_PER_MEMBER = 128
 CHECKPOINT_COST = 40 * 1024  # what one zlib decoder copy takes (measured ~35 KiB)
 CHECKPOINT_BUDGET = 32 * 1024 * 1024
+PARKED_MAX = 4  # streams of closed handles kept for the next handle of their member
 LZMA_DICT_MAX = 64 * 1024 * 1024  # 7-Zip's "ultra" dictionary; zipfile writes 8 MiB ones
 # What the decoders raise on corrupt data (bz2: OSError, LZMA: LZMAError, after the end: EOFError).
 CORRUPT_DATA = (zlib.error, zlib_impl.error, OSError, EOFError, ValueError, lzma.LZMAError)
@@ -258,6 +262,32 @@ class CheckpointStore:
 CHECKPOINTS = CheckpointStore()  # one per daemon: the budget covers every archive it serves
 
 
+class StreamPark:
+    """Streams of closed handles, each kept for the next handle of its member (LRU, at most
+    ``slots`` in all): a program that opens, reads and closes again and again goes on where the
+    last handle stopped instead of decompressing its way there anew."""
+
+    def __init__(self, slots: int = PARKED_MAX) -> None:
+        self.slots = slots
+        self._streams: OrderedDict[str, tuple[Stream, deque[tuple[int, bytes]], int]] = \
+            OrderedDict()
+        self._lock = threading.Lock()
+
+    def park(self, member: str, state: tuple[Stream, deque[tuple[int, bytes]], int]) -> None:
+        with self._lock:
+            self._streams[member] = state
+            self._streams.move_to_end(member)
+            while len(self._streams) > self.slots:
+                self._streams.popitem(last=False)
+
+    def take(self, member: str) -> tuple[Stream, deque[tuple[int, bytes]], int] | None:
+        with self._lock:
+            return self._streams.pop(member, None)
+
+
+PARKED = StreamPark()
+
+
 class Stream:
     """Decompresses one member forward from its start or from a checkpoint."""
 
@@ -347,15 +377,20 @@ class MemberStream:
     """
 
     def __init__(self, cached: CachedObject, entry: Entry, data_start: int, member: str,
-                 checkpoints: CheckpointStore | None = CHECKPOINTS) -> None:
+                 checkpoints: CheckpointStore | None = CHECKPOINTS,
+                 park: StreamPark | None = PARKED) -> None:
         self.cached = cached
         self.entry = entry
         self.data_start = data_start
         self.member = member
         self.checkpoints = checkpoints
+        self.park = park
         self.stream: Stream | None = None
         self.window: deque[tuple[int, bytes]] = deque()  # contiguous, ends at stream.out_pos
         self.window_bytes = 0
+        parked = park.take(member) if park is not None else None
+        if parked is not None:
+            self.stream, self.window, self.window_bytes = parked
 
     @property
     def window_start(self) -> int:
@@ -367,8 +402,10 @@ class MemberStream:
         return self.stream.out_pos if self.stream is not None else 0
 
     def needs_restart(self, offset: int) -> bool:
-        """Whether a read at ``offset`` would decompress from the member's start again."""
-        if self.stream is None or offset >= self.window_start:
+        """Whether a read at ``offset`` would decompress from the member's start to get there
+        (again, or for the first read of this handle, past at least WINDOW bytes)."""
+        if self.stream is None and offset < WINDOW or self.stream is not None \
+                and offset >= self.window_start:
             return False
         return self.checkpoints is None or self.checkpoints.nearest(self.member, offset) is None
 
@@ -383,7 +420,7 @@ class MemberStream:
                 piece = self.stream.decode()
                 self._remember(self.stream.out_pos - len(piece), piece, keep_from=offset)
         except ArchiveError:
-            self.close()  # a broken stream is never continued
+            self._drop()  # a broken stream is never continued, nor parked
             raise
         return self._from_window(offset, end)
 
@@ -393,7 +430,7 @@ class MemberStream:
         ckpt = self.checkpoints.nearest(self.member, offset) if self.checkpoints else None
         if here and (ckpt is None or ckpt.out_pos <= self.position + PIECE):
             return  # in the window, or not far enough ahead for a checkpoint to save work
-        self.window.clear()
+        self.window = deque()
         self.window_bytes = 0
         self.stream = Stream(self.cached, self.entry, self.data_start, self.checkpoints,
                              self.member, ckpt)
@@ -417,7 +454,13 @@ class MemberStream:
             return parts[0].obj  # a whole piece: no copy
         return b"".join(parts)
 
-    def close(self) -> None:
+    def _drop(self) -> None:
         self.stream = None
-        self.window.clear()
+        self.window = deque()
         self.window_bytes = 0
+
+    def close(self) -> None:
+        """Park the stream for the member's next handle (this one reads no more)."""
+        if self.stream is not None and self.park is not None:
+            self.park.park(self.member, (self.stream, self.window, self.window_bytes))
+        self._drop()

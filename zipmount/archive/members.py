@@ -73,6 +73,7 @@ class StoredReader(MemberReader):
         self.ahead_bytes = 0
 
     def read(self, offset: int, size: int) -> bytes:
+        self.archive.check_intact(self.entry)
         begin = self.start + min(offset, self.entry.size)
         end = self.start + min(offset + size, self.entry.size)
         if begin >= end:
@@ -81,7 +82,11 @@ class StoredReader(MemberReader):
             self.prefetcher.observe(begin, end, self.start + self.entry.size)
         data = self.archive.cached.read(begin, end)
         if self.crc_pos is not None:
-            self._check(offset, data)
+            try:
+                self._check(offset, data)
+            except ArchiveError as exc:
+                self.archive.mark_corrupt(self.entry, exc)
+                raise
         return data
 
     def _check(self, offset: int, data: bytes) -> None:
@@ -144,7 +149,12 @@ class CompressedReader(MemberReader):
                             self.entry.name, exc)
                 self._close_spill()
                 self.spillable = False
-        return self.stream.read(offset, size)
+        self.archive.check_intact(self.entry)
+        try:
+            return self.stream.read(offset, size)
+        except ArchiveError as exc:  # corrupt data, a CRC mismatch, a size that lies
+            self.archive.mark_corrupt(self.entry, exc)
+            raise
 
     def _open_spill(self) -> None:
         """Open the spill file, making it if needed; on failure stream on (never an error)."""
