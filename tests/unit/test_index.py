@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 from robust.zips import (
+    HARD_LINK,
     S_BLK,
     S_CHR,
     S_DIR,
     S_FIFO,
+    S_FILE,
     S_LINK,
     S_SOCK,
     RawMember,
@@ -114,6 +116,28 @@ def test_symlinks_from_unix_modes_and_from_the_pkware_unix_field():
     assert table["infozip"].kind == "link" and table["infozip"].target == ""
     assert table["pkware"].kind == "link" and table["pkware"].target == "../x/target"
     assert table["pkware"].size == len("../x/target")
+
+
+def test_pkzip_unix_modes_made_by_dos_and_hard_links_between_symlinks():
+    """PKZIP for unix writes "made by DOS" with a unix mode, and flags symlinks with several
+    links: one that names another symlink is that symlink; one that names a file is a symlink."""
+    table = index(raw_zip([
+        RawMember(b"regular", b"r" * 32, create_system=0),
+        RawMember(b"symlink", b"", external_attr=S_LINK, create_system=0,
+                  extra=pkware_unix_extra(b"regular")),
+        RawMember(b"hlink-to-symlink", b"", external_attr=S_LINK | HARD_LINK, create_system=0,
+                  extra=pkware_unix_extra(b"symlink")),
+        RawMember(b"flagged-symlink", b"", external_attr=S_LINK | HARD_LINK, create_system=0,
+                  extra=pkware_unix_extra(b"regular")),
+        RawMember(b"hlink", b"", external_attr=S_FILE | HARD_LINK, create_system=0,
+                  extra=pkware_unix_extra(b"regular")),
+    ]))
+    assert table["symlink"].kind == "link" and table["symlink"].target == "regular"
+    link = table["hlink-to-symlink"]
+    assert (link.kind, link.target, link.nlink) == ("link", "regular", 2)
+    assert table["symlink"].nlink == 2
+    assert (table["flagged-symlink"].kind, table["flagged-symlink"].target) == ("link", "regular")
+    assert table["hlink"].size == 32 and table["regular"].nlink == 2
 
 
 def test_special_files_are_skipped_with_one_log_line_and_a_fifo_with_data_is_a_file(caplog):

@@ -17,8 +17,10 @@ What the index shows (documented in the README):
   (0x000d), then the DOS time read as the daemon's local time;
 - symlinks: unix mode ``S_IFLNK``; the target is the member's data (Info-ZIP) or the PKWARE unix
   field's data (:attr:`Entry.target`); hard links (PKWARE: flag 0x800 in the external attributes
-  plus the target name in 0x000d) are the target's data under the link's name, ``nlink`` counting
-  both; a hard link whose target is missing, a directory, or itself (loops) is dropped with a log;
+  plus the target name in 0x000d; PKZIP also writes "made by DOS" with a unix mode) are the
+  target's data under the link's name, ``nlink`` counting both; a hard link whose target is
+  missing, of another type, or itself (loops) is dropped with a log line, except a symlink so
+  flagged: PKZIP flags symlinks that have several links, so it stays a symlink to its field;
 - fifos, devices and sockets are skipped (one log line per archive); a "fifo" with data (Info-ZIP
   ``-FI``) is a regular file;
 - members sharing bytes (overlap bombs), or running into the central directory, are dropped with
@@ -60,6 +62,8 @@ _END64_LOCATOR = struct.Struct("<4sLQL")
 _LOCAL_HEADER_SIZE = 30
 _UNIX = 3
 _HARD_LINK = 0x800  # PKWARE: in the low (DOS) half of the external attributes
+_UNIX_TYPES = {stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK,
+               stat.S_IFSOCK}
 _SHOWN_MAX = 5  # names quoted in one log line
 
 
@@ -416,7 +420,9 @@ def _rows(rec: _Records, cd_start: int, archive: str) -> _Rows:
         name = clean_name(rec.unicode_path.get(i) or raw)
         if name is None or i in overlapping:
             continue
-        unix = rec.create_system[i] == _UNIX
+        # PKZIP writes "made by DOS" with a unix mode in the high half (as mount-zip reads it)
+        unix = rec.create_system[i] == _UNIX or (
+            rec.create_system[i] == 0 and stat.S_IFMT(rec.external_attr[i] >> 16) in _UNIX_TYPES)
         mode = rec.external_attr[i] >> 16 if unix else 0
         fmt = stat.S_IFMT(mode)
         is_dir = raw.endswith(("/", "\\")) or (unix and fmt == stat.S_IFDIR)
@@ -438,7 +444,7 @@ def _rows(rec: _Records, cd_start: int, archive: str) -> _Rows:
             0 if is_dir else size, _mtime_ns(rec, i), perm, rec.compress_size[i], rec.method[i],
             rec.header_offset[i], rec.crc[i], rec.flags[i], rec.name_len[i], rec.extra_len[i], 1),
             target)
-        if kind == _FILE and unix and rec.external_attr[i] & _HARD_LINK and unix_data:
+        if kind != _DIR and unix and rec.external_attr[i] & _HARD_LINK and unix_data:
             links[row] = clean_name(decode(unix_data, encoding)) or ""
     if specials:
         _log_names(logging.INFO, f"{archive}: skipped {len(specials)} fifo, device or socket "
@@ -511,10 +517,13 @@ def _resolve_hard_links(rows: _Rows, links: dict[int, str], archive: str) -> Non
             final[p] = end
     counts: dict[int, int] = {}
     broken = 0
-    for i, j in final.items():
-        if j >= 0 and rows.kinds[j] == _FILE:
+    for i, j in list(final.items()):
+        if j >= 0 and rows.kinds[j] == rows.kinds[i]:
             counts[j] = counts.get(j, 1) + 1
             continue
+        del final[i]
+        if rows.kinds[i] == _LINK:
+            continue  # PKZIP flags a symlink with several links too: its field is its target
         broken += 1
         if broken <= _SHOWN_MAX:
             why = ("has no target in the archive" if j == missing else
@@ -526,10 +535,12 @@ def _resolve_hard_links(rows: _Rows, links: dict[int, str], archive: str) -> Non
                     broken - _SHOWN_MAX)
     nlink = _FIELDS.index("nlink")
     for i, j in final.items():
-        if rows.kinds[i] != 0xFF:
-            for col in rows.columns:
-                col[i] = col[j]
-            rows.columns[nlink][i] = counts[j]
+        for col in rows.columns:
+            col[i] = col[j]
+        rows.columns[nlink][i] = counts[j]
+        rows.targets.pop(i, None)
+        if j in rows.targets:
+            rows.targets[i] = rows.targets[j]
     for j, n in counts.items():
         rows.columns[nlink][j] = n
 
