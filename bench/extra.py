@@ -82,8 +82,13 @@ class ExtraSteps:
             for name, group in (("zarr3-zipstore", "zarr"), ("virtualizarr", "virtualizarr")):
                 if status.get(group):
                     self.unavailable[name] = f"not installable: {status[group]}"
-        if "zarr3-mount" in want and not (ZARR3_VENV / "bin" / "python").exists():
-            self.unavailable["zarr3-mount"] = f"not installable: {ZARR3_VENV} missing (make test builds it)"
+        # zarr 3 over the mount: the project's .venv-zarr3 (make test builds it), else venv312
+        self.zarr3_python = str(ZARR3_VENV / "bin" / "python")
+        if "zarr3-mount" in want and not Path(self.zarr3_python).exists():
+            status = ensure_venv312(log=self._log)
+            if status.get("zarr"):
+                self.unavailable["zarr3-mount"] = f"not installable: {status['zarr']}"
+            self.zarr3_python = str(VENV312 / "bin" / "python")
         if not self.want_zm:
             for name in ("zarr3-mount",):
                 self.unavailable.setdefault(name, "needs the zipmount executable")
@@ -110,7 +115,7 @@ class ExtraSteps:
                                           self.work, url, keys["eeg"]))
             elif name == "zarr3-mount":
                 zm = self.new_zipmount(url, keys, f"z3r{self.rep}d{delay:g}-")
-                out.append(ChildContender(name, str(ZARR3_VENV / "bin" / "python"), "zarr3-local",
+                out.append(ChildContender(name, self.zarr3_python, "zarr3-local",
                                           self.reaper, self.work, url, keys["eeg"], mount=zm))
         return out
 

@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -839,8 +840,9 @@ class Bench(ExtraSteps):
             f"# zipmount benchmark results ({'quick' if self.args.quick else 'full'}), "
             f"{m['date']}",
             "",
-            f"Command: `.venv/bin/python -m bench.run{' --quick' if self.args.quick else ''} "
-            f"--delay-ms {self.args.delay_ms:g}`  ",
+            "Command: `" + shlex.join([".venv/bin/python", "-m", "bench.run", *sys.argv[1:]]) + "`"
+            + f" (+{self.args.delay_ms:g} ms, {self.args.repeat} round(s); steps "
+            f"{','.join(self.args.steps)}; contenders {','.join(self.args.contenders)})  ",
             f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram_gib']} GiB RAM, "
             f"Linux {m['kernel']}, Python {m['python']}, {m['nginx']}; "
             + ", ".join(f"{k} {v}" for k, v in m["packages"].items())
