@@ -63,7 +63,7 @@ class RunFiles:
     def runs(self, key: str, cell: int) -> list[tuple[int, int]]:
         """The (first, last) runs stored for ``cell`` of ``key``, by any process."""
         try:
-            mtime = os.stat(self.store.path(self._group(key, cell))).st_mtime_ns
+            mtime = os.stat(self.store.fspath(self._group(key, cell))).st_mtime_ns
         except OSError:  # none yet (or a transient failure: a miss, nothing deleted)
             return []
         with self._lock:
@@ -103,7 +103,7 @@ class RunFiles:
         for first, last in self.holding(key, index):
             name = f"{self._group(key, cell)}/{first}-{last}.run"
             try:
-                raw = _read_whole(self.store.path(name))
+                raw = _read_whole(self.store.fspath(name))
             except FileNotFoundError:  # evicted by another process since it was listed
                 self._forget(key, cell)
                 continue
@@ -120,7 +120,7 @@ class RunFiles:
             return first, blocks
         return None
 
-    def _check(self, raw: bytearray, count: int) -> memoryview | None:
+    def _check(self, raw: bytes, count: int) -> memoryview | None:
         """The payload of run file ``raw`` if its header and every block's CRC are right."""
         view = memoryview(raw)
         table = _RUN_HEADER.size + count * _RUN_ENTRY.size
@@ -363,18 +363,18 @@ def _settle(fut: Future[memoryview], result: memoryview | None = None,
         pass
 
 
-def _read_whole(path: os.PathLike[str] | str) -> bytearray:
-    """The whole file, read into one buffer (no copy per block)."""
+def _read_whole(path: str) -> bytes:
+    """The whole file in one buffer (one read: blocks are views of it, never copied out)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        buf = bytearray(os.fstat(fd).st_size)
-        view, got = memoryview(buf), 0
-        while got < len(buf):
-            n = os.readv(fd, [view[got:]])
-            if n == 0:
-                break
-            got += n
-        return buf if got == len(buf) else buf[:got]
+        size = os.fstat(fd).st_size
+        data = os.read(fd, size)  # a bytes object of the file's size, not zero-filled first
+        if len(data) == size or not data:
+            return data
+        parts = [data]
+        while chunk := os.read(fd, size):
+            parts.append(chunk)
+        return b"".join(parts)
     finally:
         os.close(fd)
 
