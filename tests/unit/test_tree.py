@@ -133,3 +133,19 @@ def test_a_single_archive_with_ttl_zero_runs_at_most_one_revalidation_at_a_time(
         assert 1 <= most <= 1
     finally:
         engine.close()
+
+
+def test_listing_and_stating_a_prefix_opens_no_archive_until_one_is_entered(tmp_path):
+    contents = _cohort(tmp_path / "cohort", count=10, entries=5)
+    engine = _engine(tmp_path)
+    tree = engine.open_tree(str(tmp_path / "cohort") + "/")
+    try:
+        requests = engine.stats.counters["requests"]
+        names = [n for n, _ in tree.listdir("")]
+        assert names == sorted(contents)
+        assert all(tree.stat(n).kind == "dir" for n in names)
+        assert tree.open_archives() == 0 and engine.stats.counters["requests"] == requests
+        assert [n for n, _ in tree.listdir(names[0])] == [f"d{j}" for j in range(5)]
+        assert tree.open_archives() == 1
+    finally:
+        engine.close()

@@ -198,6 +198,10 @@ class ArchiveTree:
 
     def stat(self, path: str) -> Node:
         inner = path.strip("/")
+        if not inner and not self.gone_is_missing and not self.slot.is_open:
+            # An archive of a prefix is a directory before its index is loaded: listing the
+            # prefix (readdirplus stats every entry) must not open every archive in it.
+            return self.slot.node()
         try:
             archive = self._archive()
         except SourceError:
