@@ -24,7 +24,7 @@ from .stats import STATS_XATTR, Stats
 from .tree import Tree
 
 # mfusepy loads the first of libfuse 2 and libfuse 3 it finds, in that order; zipmount is built for
-# libfuse 3 (readdirplus, cached directories, noflush, bigger requests), so ask for it by name.
+# libfuse 3 (readdirplus, noflush, path invalidation, cached directories), so ask for it by name.
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 try:
     import mfusepy
@@ -393,6 +393,8 @@ class ZipOperations(Operations):
     setxattr = removexattr = symlink = truncate = unlink = utimens = write = _read_only
 
     # Left out on purpose: the kernel then stops sending them (one round trip less per close).
+    # ``ioctl`` is left out too: libfuse itself answers Python's isatty() check on open (TCGETS)
+    # with ENOSYS, without a Python callback; the kernel has no way to skip that round trip.
     flush = fsync = fsyncdir = None
 
 
