@@ -10,8 +10,10 @@ from a real moto S3 server through a real FUSE prefix mount. Contract:
 - an encrypted member is EACCES, an unsupported compression method EIO, both logged;
 - names are made safe: relative, no ``..``, no NUL or control characters, components of at most
   255 bytes; duplicates: the last entry keeps the name, earlier ones are ``name (1).ext``...; a
-  file and a directory with one name: the directory keeps it, the file is ``name (1)``; symlinks are shown as symlinks, never followed by the daemon;
-- cp437 and UTF-8 names and the Info-ZIP Unicode Path field (0x7075) are decoded.
+  file and a directory with one name: the directory keeps it, the file is ``name (1)``;
+  symlinks are shown as symlinks, never followed by the daemon;
+- cp437 and UTF-8 names and the Info-ZIP Unicode Path field (0x7075) are decoded (other code
+  pages, links, times, specials and overlaps: tests/test_e2e_fidelity.py).
 
 Security: read-only at every entry point (kernel and daemon), uid/gid/umask honoured,
 allow_other only when asked, TLS verification on by default, secrets never in logs, error
