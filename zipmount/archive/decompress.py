@@ -326,6 +326,8 @@ class Stream:
         if self.out_pos >= size:
             return b""
         while True:
+            if self.decoder.eof:  # before the declared size: nothing more will come
+                raise self._fail(f"data ends after {self.out_pos} bytes, {size} declared")
             data = b""
             if self.decoder.needs_input():
                 if self.in_pos < self.data_end:
@@ -345,8 +347,6 @@ class Stream:
                 raise self._fail(f"corrupt compressed data ({exc})") from None
             if out:
                 break
-            if self.decoder.eof:
-                raise self._fail(f"data ends after {self.out_pos} bytes, {size} declared")
         self.out_pos += len(out)
         self.crc = crc32(out, self.crc)
         if self.out_pos >= size and self.crc != self.entry.crc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import threading
 import zipfile
 from typing import TYPE_CHECKING
 
@@ -31,7 +32,7 @@ LOCAL_HEADER = struct.Struct("<4s5HIIIHH")
 
 
 class MemberReader:
-    """Reads of one member for one open file handle (calls on one handle never overlap)."""
+    """Reads of one member for one open file handle."""
 
     archive: Archive
     entry: Entry
@@ -71,6 +72,7 @@ class StoredReader(MemberReader):
         self.crc = 0
         self.ahead: dict[int, bytes] = {}  # reads past crc_pos, by offset
         self.ahead_bytes = 0
+        self._crc_lock = threading.Lock()  # reads of one handle may come from several threads
 
     def read(self, offset: int, size: int) -> bytes:
         self.archive.check_intact(self.entry)
@@ -83,7 +85,9 @@ class StoredReader(MemberReader):
         data = self.archive.cached.read(begin, end)
         if self.crc_pos is not None:
             try:
-                self._check(offset, data)
+                with self._crc_lock:
+                    if self.crc_pos is not None:
+                        self._check(offset, data)
             except ArchiveError as exc:
                 self.archive.mark_corrupt(self.entry, exc)
                 raise
@@ -123,7 +127,8 @@ class StoredReader(MemberReader):
 
 
 class CompressedReader(MemberReader):
-    """A bounded decompression stream per open file (see :mod:`.decompress`).
+    """A bounded decompression stream per open file (see :mod:`.decompress`); its reads take
+    turns (a stream has one position).
 
     A big bzip2/LZMA member switches to its spill file (when there is a disk cache) when a read
     steps back past the stream's window; spill failures of any kind fall back to the stream.
@@ -137,8 +142,13 @@ class CompressedReader(MemberReader):
         self.spillable = (entry.method in SPILL_METHODS and entry.size >= SPILL_MIN
                           and archive.disk is not None)
         self.spill: int | None = None  # fd of the spill file
+        self._lock = threading.Lock()
 
     def read(self, offset: int, size: int) -> bytes:
+        with self._lock:
+            return self._read(offset, size)
+
+    def _read(self, offset: int, size: int) -> bytes:
         if self.spill is None and self.spillable and self.stream.needs_restart(offset):
             self._open_spill()
         if self.spill is not None:
@@ -185,5 +195,6 @@ class CompressedReader(MemberReader):
             self.spill = None
 
     def close(self) -> None:
-        self.stream.close()
-        self._close_spill()
+        with self._lock:
+            self.stream.close()
+            self._close_spill()
