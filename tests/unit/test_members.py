@@ -412,3 +412,17 @@ def test_a_spill_file_of_the_wrong_size_is_made_again(workdir, spill_zip):
     with opened(spill_zip, root) as archive:
         jump_back(archive)
     assert spill.stat().st_size == len(SPILL_PLAIN)
+
+
+def test_a_corrupt_member_found_while_spilling_is_an_error_once_and_leaves_no_spill(workdir):
+    path = write_zip(workdir, [member("m", BZIP2, SPILL_PLAIN, crc=zlib.crc32(SPILL_PLAIN) ^ 1)])
+    with opened(path, workdir / "cache") as archive:
+        reader = archive.reader(archive.entries["m"])
+        with pytest.raises(ArchiveError, match="CRC"):
+            reader.read(SPILL_MIN, 4096)  # makes the spill file: decompresses and checks it all
+        with pytest.raises(ArchiveError, match="CRC"):  # at once: not decompressed again
+            reader.read(0, 4096)
+        reader.close()
+        with pytest.raises(ArchiveError, match="CRC"):
+            archive.reader(archive.entries["m"])
+    assert spill_files(workdir / "cache") == []

@@ -1,10 +1,9 @@
 """Streaming decompression of zip members in bounded memory, with cheap random access.
 
 Why not :class:`zipfile.ZipExtFile`: for bzip2 and LZMA it calls ``decompress()`` without an output
-limit, so a few hundred bytes of input can expand to gigabytes in one call (a 518-byte archive
-holding a 512 MiB bzip2 member took 1 GiB on one 128 KiB read), and it can only seek by restarting
-from the member's start (a ``cat`` of a 2 GiB deflated member, whose concurrent readahead READs
-arrive slightly out of order, restarted at every backward step). Here:
+limit, so a few hundred bytes of input can expand to gigabytes in one call, and it can only seek
+by restarting from the member's start (``cat`` of a big deflated member, whose concurrent
+readahead READs arrive slightly out of order, restarted at every backward step). Here:
 
 - **Bounded per call.** Every ``decompress()`` call gets ``max_length`` (at most PIECE bytes of
   output) and at most INPUT_PIECE bytes of compressed input, read from the block cache. The
@@ -13,30 +12,30 @@ arrive slightly out of order, restarted at every backward step). Here:
   size are not served (as zipfile does; the CRC covers the declared bytes).
 - **Bounded per handle.** A :class:`MemberStream` (one per open file) holds one decoder and a
   *window* of the last WINDOW bytes it produced (plus the read in progress), so the kernel's
-  slightly out-of-order readahead READs on one handle are served from the window. When the
-  handle is closed, its stream is *parked* (:class:`StreamPark`, PARKED_MAX streams per daemon)
-  for the member's next handle: open-read-close loops go on where the last handle stopped. A decoder is
+  slightly out-of-order readahead READs on one handle are served from the window. A closed
+  handle *parks* its stream (:class:`StreamPark`, PARKED_MAX streams per daemon) for the
+  member's next handle: open-read-close loops go on where the last handle stopped. A decoder is
   ~40 KiB for deflate, ~4 MiB for bzip2 (900k blocks) and up to LZMA_DICT_MAX for LZMA: the
-  dictionary is clamped to the member's declared size (a bigger one is never needed) and a
-  member that would still need more is refused (EIO) rather than allowed to take gigabytes.
+  dictionary is clamped to the member's declared size (a bigger one is never used) and a member
+  that would still need more is refused (EIO) rather than allowed to take gigabytes.
 - **Checkpoints (deflate).** Every ``spacing`` bytes of output (CHECKPOINT_EVERY, or more for
   members so big that they would need over CHECKPOINTS_PER_MEMBER) a stream records a copy of
   its decoder (``zlib.decompressobj().copy()``, ~35 KiB) with the compressed offset and the
   CRC-32 at that point, as indexed_gzip and ratarmount do for gzip. Checkpoints belong to the
-  member, not the handle: every handle of the member starts from the nearest one at or before
-  the offset it wants, also a handle opened later. They live in one :class:`CheckpointStore` per
+  member, not the handle: every handle of the member, also one opened later, starts from the
+  nearest one at or before the offset it wants. They live in one :class:`CheckpointStore` per
   daemon (LRU by member, CHECKPOINT_BUDGET bytes in all). A random read thus costs at most
   ``spacing`` bytes of decompression (a few ms), never a restart from the start.
 - **bzip2/LZMA** decoders cannot be copied, so they have no checkpoints: forward reads stream,
-  backward steps inside the window are free, and a backward step beyond the window restarts from
-  the member's start — unless the member gets a *spill file* (see ``Archive.spill_path``): with
-  a disk cache, a bzip2/LZMA member of at least SPILL_MIN bytes is decompressed once into the
-  disk cache at its first such step (or a handle's first read beyond WINDOW) and read from
-  there. Deflate members never spill:
+  backward steps inside the window are free, and a backward step beyond the window restarts
+  from the member's start — unless the member gets a *spill file* (``Archive.spill_path``):
+  with a disk cache, a bzip2/LZMA member of at least SPILL_MIN bytes (and at most a quarter of
+  the disk cache) is decompressed once into the disk cache at its first such step, or at a
+  handle's first read beyond WINDOW, and read from there. Deflate members never spill:
   checkpoints give random access in memory at a few ms per read, without writing the whole
-  member to disk first (nor evicting the cache for it). Without a disk cache, random access
-  into a big bzip2/LZMA member costs a decompression from its start per backward jump: bounded
-  memory, unbounded time (the trade documented in the README).
+  member to disk first nor evicting cached blocks for it. Without a disk cache (or when the
+  spill cannot be written), random access into a big bzip2/LZMA member costs a decompression
+  from its start per backward jump: bounded memory, unbounded time.
 """
 
 from __future__ import annotations

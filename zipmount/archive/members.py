@@ -146,11 +146,16 @@ class CompressedReader(MemberReader):
 
     def read(self, offset: int, size: int) -> bytes:
         with self._lock:
-            return self._read(offset, size)
+            self.archive.check_intact(self.entry)
+            try:
+                return self._read(offset, size)
+            except ArchiveError as exc:  # corrupt data, a CRC mismatch, a size that lies
+                self.archive.mark_corrupt(self.entry, exc)
+                raise
 
     def _read(self, offset: int, size: int) -> bytes:
         if self.spill is None and self.spillable and self.stream.needs_restart(offset):
-            self._open_spill()
+            self._open_spill()  # decompresses the whole member (and checks it) the first time
         if self.spill is not None:
             try:
                 return os.pread(self.spill, min(size, max(0, self.entry.size - offset)), offset)
@@ -159,12 +164,7 @@ class CompressedReader(MemberReader):
                             self.entry.name, exc)
                 self._close_spill()
                 self.spillable = False
-        self.archive.check_intact(self.entry)
-        try:
-            return self.stream.read(offset, size)
-        except ArchiveError as exc:  # corrupt data, a CRC mismatch, a size that lies
-            self.archive.mark_corrupt(self.entry, exc)
-            raise
+        return self.stream.read(offset, size)
 
     def _open_spill(self) -> None:
         """Open the spill file, making it if needed; on failure stream on (never an error)."""
