@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import struct
 import time
@@ -350,3 +351,24 @@ def test_zip64_records_and_data_prepended_to_the_archive_are_read_as_zipfile_rea
     entry = index(raw_zip([RawMember(b"z", b"data", file_size=2**32 - 1, compress_size=2**32 - 1,
                                      extra=zip64)]))["z"]
     assert (entry.size, entry.compress_size) == (4, 4)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda doc: doc["columns"].__setitem__("size", "!!"),
+    lambda doc: doc["columns"].__setitem__("size", "AAAA"),  # 3 bytes: not whole int64s
+    lambda doc: doc.__setitem__("byteorder", "middle"),
+    lambda doc: doc.pop("keys"),
+])
+def test_a_damaged_persisted_index_is_dropped_not_served(tmp_path: Path, damage):
+    table = index(raw_zip([RawMember(b"a/b", b"x")]))
+    disk = DiskTier(tmp_path, 1 << 20)
+    try:
+        save_index(disk, "k.index.json", table)
+        doc = json.loads(disk.path("k.index.json").read_bytes())
+        damage(doc)
+        data = json.dumps(doc).encode()
+        disk.write("k.index.json", [data], len(data))
+        assert load_index(disk, "k.index.json") is None
+        assert not disk.touch("k.index.json")
+    finally:
+        disk.close()
