@@ -254,3 +254,24 @@ def test_the_memory_tier_counts_whole_runs_and_evicts_them_whole():
     for i in (2, 3, 7):  # blocks 2 and 3 were served by the second run since it came in
         assert bytes(mem.get("a", i)) == DATA[i * BS: (i + 1) * BS]
     assert bytes(mem.get("b", 3)) == DATA[3 * BS: 4 * BS]
+
+
+def test_a_read_takes_over_a_queued_read_ahead_piece_instead_of_waiting_behind_it():
+    gate = threading.Event()
+    src = Source()
+
+    def blocked(start: int, end: int) -> bytes:
+        gate.wait(30)
+        return src(start, end)
+
+    cache = cache_over(None, fetch_threads=4, timeout=60)  # two read-ahead threads
+    cell = cache.cell_blocks * BS
+    cache.prefetch(KEY, len(DATA), 0, 2 * cell, blocked)  # two pieces: both threads stuck
+    cache.prefetch(KEY, len(DATA), 2 * cell, 3 * cell, src)  # a third, queued behind them
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    assert cache.read(KEY, len(DATA), 2 * cell, 2 * cell + 100, src) == DATA[2 * cell: 2 * cell + 100]
+    assert time.monotonic() - t0 < 5
+    assert [c for c in src.calls if c[0] == 2 * cell] == [(2 * cell, 3 * cell)]  # once, whole
+    gate.set()
+    cache.close()

@@ -149,11 +149,25 @@ class RunFiles:
         self._forget(key, cell)
 
 
+Job = tuple[str, int, tuple[int, int], Fetch, dict[int, Future[memoryview]]]
+
+
+class _Queued:
+    """A read-ahead piece waiting for a thread (``job``: the arguments of ``_fetch_run``)."""
+
+    __slots__ = ("job", "task")
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.task: Future[None] | None = None
+
+
 class BlockCache:
     """Blocks of remote objects: memory tier, then run files, then one right-sized request.
 
     Concurrent misses of the same block in one process cost one request (single flight); a read
-    waiting for another's request gives up after ``timeout`` seconds. Runs of missing blocks are
+    waiting for another's request gives up after ``timeout`` seconds, and one that needs a
+    read-ahead piece still queued takes it over. Runs of missing blocks are
     fetched with one request each, split into parallel requests of at most MAX_REQUEST (the
     first on the reader's own thread). No lock is held across a fetch or a file access.
     """
@@ -168,6 +182,9 @@ class BlockCache:
         self.stats = stats
         self.timeout = timeout
         self._inflight: dict[tuple[str, int], Future[memoryview]] = {}
+        # Read-ahead pieces not started yet, by each of their blocks: a read that needs one
+        # takes it over instead of waiting behind the queue.
+        self._queued: dict[tuple[str, int], _Queued] = {}
         self._lock = threading.Lock()
         self._closed = False
         # Pieces of reads never queue behind read-ahead: each has its own threads.
@@ -199,12 +216,17 @@ class BlockCache:
                 found[i] = data
         if missing:
             waits, mine = self._claim(key, missing)
-            pieces = list(_pieces(mine, self.cell_blocks))
-            for piece in pieces[1:]:
-                self._requests.submit(self._fetch_run, key, size, piece, fetch, waits)
+            pieces = [(key, size, piece, fetch, waits) for piece in _pieces(mine, self.cell_blocks)]
+            pieces += self._take_over(key, [i for i in waits if i not in mine])
+            own = {i for _, _, (a, b), _, futures in pieces for i in range(a, b + 1) if i in waits}
+            for job in pieces[1:]:
+                self._requests.submit(self._fetch_run, *job)
             if pieces:
-                self._fetch_run(key, size, pieces[0], fetch, waits)
-            found.update((i, self._wait(fut, deadline)) for i, fut in waits.items())
+                self._fetch_run(*pieces[0])
+            # This read's own pieces each end within the source's timeout once started; a
+            # request started by another read is waited for at most ``timeout``.
+            found.update((i, fut.result() if i in own else self._wait(fut, deadline))
+                         for i, fut in waits.items())
         offset = start - first * bs
         if first == last:
             return bytes(found[first][offset: offset + end - start])
@@ -249,7 +271,34 @@ class BlockCache:
         if absent:
             waits, mine = self._claim(key, absent)
             for piece in _pieces(mine, self.cell_blocks):
-                self._ahead.submit(self._fetch_run, key, size, piece, fetch, waits)
+                queued = _Queued((key, size, piece, fetch, waits))
+                with self._lock:
+                    for i in range(piece[0], piece[1] + 1):
+                        self._queued[(key, i)] = queued
+                queued.task = self._ahead.submit(self._run_queued, queued)
+
+    def _run_queued(self, queued: _Queued) -> None:
+        self._unqueue(queued)
+        self._fetch_run(*queued.job)
+
+    def _unqueue(self, queued: _Queued) -> None:
+        key, _, (first, last), _, _ = queued.job
+        with self._lock:
+            for i in range(first, last + 1):
+                if self._queued.get((key, i)) is queued:
+                    del self._queued[(key, i)]
+
+    def _take_over(self, key: str, indices: list[int]) -> list[Job]:
+        """The queued read-ahead pieces holding ``indices`` that had not started: now the
+        caller's to fetch."""
+        taken: list[Job] = []
+        for i in indices:
+            with self._lock:
+                queued = self._queued.get((key, i))
+            if queued is not None and queued.task is not None and queued.task.cancel():
+                self._unqueue(queued)
+                taken.append(queued.job)
+        return taken
 
     def _promote(self, key: str, indices: list[int]) -> None:
         for i in indices:
