@@ -13,9 +13,10 @@ import threading
 from collections import OrderedDict
 from typing import Protocol
 
-# Estimated bytes of one loaded index entry (its Entry, its name, its place in the directory
-# maps): what a loaded 10k-entry index costs divided by its entries, rounded up.
-ENTRY_BYTES = 600
+# Estimated bytes of one loaded index entry (its row in the compact entry table, its name, its
+# place in the children lists): a loaded index with 33-40-character names measured 146-149 bytes
+# per entry (tracemalloc, docs/BENCHMARKS.md); rounded up for longer names.
+ENTRY_BYTES = 160
 
 
 class Holder(Protocol):
