@@ -217,8 +217,9 @@ class BlockCache:
         if missing:
             waits, mine = self._claim(key, missing)
             pieces = [(key, size, piece, fetch, waits) for piece in _pieces(mine, self.cell_blocks)]
-            pieces += self._take_over(key, [i for i in waits if i not in mine])
-            own = {i for _, _, (a, b), _, futures in pieces for i in range(a, b + 1) if i in waits}
+            claimed = set(mine)
+            pieces += self._take_over(key, [i for i in waits if i not in claimed])
+            own = {i for _, _, (a, b), _, _ in pieces for i in range(a, b + 1) if i in waits}
             for job in pieces[1:]:
                 self._requests.submit(self._fetch_run, *job)
             if pieces:
