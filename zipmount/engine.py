@@ -11,6 +11,7 @@ import atexit
 import logging
 import os
 import threading
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,7 +78,7 @@ class Engine:
         self.cache = BlockCache(cache.memory, self._open_disk(cache), self.stats,
                                 timeout=storage.timeout)
         self.indexes = IndexLRU(cache.index_memory)
-        self.trees: list[Tree] = []
+        self.trees: weakref.WeakSet[Tree] = weakref.WeakSet()  # for the gauges; owners hold them
         self.stats.providers.append(self.gauges)
 
     @staticmethod
@@ -105,7 +106,7 @@ class Engine:
         """The tree of ``path`` in ``source``, checked now (``ttl``: default the config's)."""
         tree = open_tree(Reach(source, self.cache, self.stats, self.indexes), path, suffixes=suffixes,
                          root=root, ttl=self.settings.ttl if ttl is None else ttl)
-        self.trees.append(tree)
+        self.trees.add(tree)
         return tree
 
     def filesystem_tree(self, fs: fsspec.AbstractFileSystem, path: str, *, timeout: float,
@@ -124,7 +125,7 @@ class Engine:
             "memory_cache_capacity": self.cache.memory.capacity,
             "disk_cache_bytes": disk.used if disk else 0,
             "disk_cache_capacity": disk.capacity if disk else 0,
-            "open_archives": sum(t.open_archives() for t in self.trees),
+            "open_archives": sum(t.open_archives() for t in list(self.trees)),
             "index_memory_bytes": self.indexes.used,
         }
 
