@@ -18,7 +18,8 @@ import stat
 import time
 import zipfile
 
-import mfusepy as fuse
+os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # the library zipmount uses, not libfuse 2
+import mfusepy as fuse  # noqa: E402
 
 
 class MemoryFS(fuse.Operations):

@@ -765,11 +765,11 @@ class Bench(ExtraSteps):
                     Path("/proc/cpuinfo").read_text().splitlines()
                     if ln.startswith("model name")), platform.processor())
         vers = {}
-        for mod in ("s3fs", "fsspec", "zarr", "numcodecs", "numpy", "fuse", "mfusepy", "aiobotocore"):
+        for mod in ("s3fs", "fsspec", "zarr", "numcodecs", "numpy", "mfusepy", "aiobotocore"):
             try:
                 from importlib.metadata import version
 
-                vers[mod] = version({"fuse": "fusepy"}.get(mod, mod))
+                vers[mod] = version(mod)
             except Exception:  # noqa: BLE001
                 vers[mod] = "?"
         nginx_v = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
