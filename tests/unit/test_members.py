@@ -16,6 +16,7 @@ import random
 import resource
 import signal
 import struct
+import time
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -82,12 +83,12 @@ def workdir(tmp_path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def opened(path: Path, disk_root: Path | None = None, disk_size: int = 256 * MiB
-           ) -> Iterator[Archive]:
+def opened(path: Path, disk_root: Path | None = None, disk_size: int = 256 * MiB,
+           memory: int = 32 * MiB) -> Iterator[Archive]:
     stats = Stats()
     source, inner = Source.for_url(str(path), StorageOptions(timeout=10, retries=0), stats)
     disk = DiskTier(disk_root, disk_size) if disk_root is not None else None
-    cache = BlockCache(32 * MiB, disk, stats)
+    cache = BlockCache(memory, disk, stats)
     try:
         yield Archive.open(CachedObject(source, source.stat(inner), cache), disk)
     finally:
@@ -226,6 +227,38 @@ def test_random_reads_of_a_deflated_member_start_from_its_checkpoints(workdir):
             assert offset - stream.started_at <= dz.CHECKPOINT_EVERY + dz.PIECE, \
                 f"decompressed {offset - stream.started_at} bytes to reach {offset}"
             reader.close()
+
+
+def test_a_random_read_fetches_the_input_up_to_the_next_checkpoint_at_once(workdir):
+    plain = random.Random(10).randbytes(64 * MiB)  # over WHOLE_MEMBER_MAX: not fetched at open
+    path = write_zip(workdir, [member("big", DEFLATE, plain)])
+    with opened(path) as archive:
+        assert read_all(archive, "big") == plain  # makes the checkpoints (kept per daemon)
+    with opened(path, memory=256 * MiB) as archive:  # a fresh block cache, as after eviction
+        entry = archive.entries["big"]
+        member_version = archive.member_version(entry)
+        counters = archive.cached.cache.stats.counters
+        needed = 0
+        rng = random.Random(10)
+        reads = 6
+        for _ in range(reads):
+            offset = rng.randrange(len(plain) - dz.CHECKPOINT_EVERY)
+            start = dz.CHECKPOINTS.nearest(member_version, offset)
+            end = dz.CHECKPOINTS.following(member_version, offset)
+            needed += (end.in_pos if end else entry.compress_size) - (start.in_pos if start else 0)
+            needed += 2 * 64 * 1024  # whole blocks at both ends
+            dz.PARKED.take(member_version)
+            reader = archive.reader(entry)
+            assert reader.read(offset, 4096) == plain[offset: offset + 4096]
+            reader.close()
+        time.sleep(0.5)  # anything fetched ahead has arrived
+        fetched, requests = counters["bytes_fetched"], counters["requests"]
+    print(f"{reads} random reads: {requests} requests, {fetched} bytes, {needed} between checkpoints")
+    # one request for the local header, then the span to the next checkpoint at once (up to 3
+    # requests of at most 2 MiB, in parallel); reading the input 64 KiB at a time until
+    # read-ahead guessed the pattern took 4 or more, one after the other
+    assert requests <= 1 + reads * 3, f"{requests} requests for {reads} random reads"
+    assert fetched <= needed, f"fetched {fetched} bytes for {reads} random reads, {needed} needed"
 
 
 def test_backward_steps_inside_the_window_reuse_the_stream(workdir):

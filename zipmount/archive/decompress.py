@@ -257,6 +257,13 @@ class CheckpointStore:
             i = bisect.bisect_right(positions, offset)
             return by_pos[positions[i - 1]] if i else None
 
+    def following(self, member: str, offset: int) -> Checkpoint | None:
+        """The first checkpoint of ``member`` after output offset ``offset``."""
+        with self._lock:
+            positions, by_pos = self._members.get(member, ([], {}))
+            i = bisect.bisect_right(positions, offset)
+            return by_pos[positions[i]] if i < len(positions) else None
+
 
 CHECKPOINTS = CheckpointStore()  # one per daemon: the budget covers every archive it serves
 
@@ -307,7 +314,11 @@ class Stream:
             assert decoder is not None
             self.decoder = decoder
             self.in_pos, self.out_pos, self.crc = start.in_pos, start.out_pos, start.crc
-        self.started_at = self.out_pos
+        self.started_at, self.started_in = self.out_pos, self.in_pos
+        # From a checkpoint, the input up to the next one is what a random read needs at most:
+        # fetched at once (in parallel requests) instead of read-ahead guessed from the reads.
+        following = checkpoints.following(member, self.out_pos) if start and checkpoints else None
+        self.known_until = following.in_pos if following is not None else 0
         self.spacing = max(CHECKPOINT_EVERY, -(-entry.size // CHECKPOINTS_PER_MEMBER))
         self.copyable = checkpoints is not None and entry.method == zipfile.ZIP_DEFLATED
         self.fed_last = False  # the end of the input was fed once already
@@ -331,7 +342,11 @@ class Stream:
             if self.decoder.needs_input():
                 if self.in_pos < self.data_end:
                     end = min(self.in_pos + INPUT_PIECE, self.data_end)
-                    self.prefetcher.observe(self.in_pos, end, self.data_end)
+                    if self.in_pos >= self.known_until:
+                        self.prefetcher.observe(self.in_pos, end, self.data_end)
+                    elif self.in_pos == self.started_in:
+                        self.cached.prefetch(self.in_pos, min(self.known_until, self.data_end,
+                                                              self.in_pos + self.cached.readahead_max))
                     data = self.cached.read(self.in_pos, end)
                     if not data:
                         raise self._fail("member data runs past the end of the archive")
