@@ -31,6 +31,8 @@ from robust.harness import (
 )
 from robust.zips import RawMember, plain_zip, random_bytes, raw_zip
 
+from zipmount.fuseops import MAX_THREADS
+
 MiB = 2**20
 N_ENTRIES = 100_000
 
@@ -142,14 +144,21 @@ def test_no_fd_or_thread_leak_after_10k_open_close(st):
             cycle(i)
         time.sleep(0.5)
         fds0, threads0 = open_fds(pid), threads(pid)
-        for i in range(10_000):
-            cycle(i)
-        time.sleep(1.0)  # let idle FUSE workers exit
-        fds1, threads1 = open_fds(pid), threads(pid)
-        print(f"10k open/close: fds {fds0} -> {fds1}, threads {threads0} -> {threads1}")
+        counts = []
+        for round_ in range(2):  # a leak grows with every round; pools stop at their size
+            for i in range(5_000):
+                cycle(round_ * 5_000 + i)
+            time.sleep(1.0)
+            counts.append((open_fds(pid), threads(pid)))
+        (fds1, threads1), (fds2, threads2) = counts
+        print(f"10k open/close: fds {fds0} -> {fds1} -> {fds2}, "
+              f"threads {threads0} -> {threads1} -> {threads2}")
         stats = json.loads(os.getxattr(mp, "user.zipmount.stats"))
-    assert fds1 <= fds0 + 2, f"fd leak: {fds0} -> {fds1} after 10k open/close"
-    assert threads1 <= threads0 + 4, f"thread leak: {threads0} -> {threads1}"
+    assert fds2 <= fds0 + 2, f"fd leak: {fds0} -> {fds1} -> {fds2} after 10k open/close"
+    # libfuse 3.14 keeps idle workers (up to the mount's max_threads), and the block cache's
+    # fetch pools start threads lazily up to their size: bounded, but not back to the start.
+    assert threads2 <= threads1 + 2, f"thread leak: {threads0} -> {threads1} -> {threads2}"
+    assert threads2 <= threads0 + MAX_THREADS, f"threads beyond the pools: {threads0} -> {threads2}"
     assert stats["open_files"] == 0, f"daemon still tracks {stats['open_files']} open files"
 
 
