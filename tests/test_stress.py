@@ -2,8 +2,9 @@
 one prefix mount for 30 s, every byte checked against the source.
 
 Half the opens use O_DIRECT so that reads reach the daemon instead of the kernel page cache.
-The caches are small (4 MiB memory, 48 MiB disk) so blocks are evicted and refetched, and a
-big deflated member is read at random offsets (spill file). The daemon reaches the S3 server
+The caches are small (4 MiB memory, 48 MiB disk) so blocks are evicted and refetched, and big
+compressed members are read at random offsets: a deflated one (decompressor checkpoints) and a
+bzip2 one (spill file). The daemon reaches the S3 server
 through the fault proxy, which resets every 8th range GET mid-body: retries must stay
 invisible. Set ZIPMOUNT_STRESS_SECONDS to run longer.
 """
@@ -36,7 +37,8 @@ def _archives() -> dict[str, dict[str, tuple[bytes, int]]]:
                                            zipfile.ZIP_STORED) for i in range(30)},
         "b.zip": {**{f"text/t{i:02d}.txt": (text[i * 50_000: i * 50_000 + 180_000 + i],
                                             zipfile.ZIP_DEFLATED) for i in range(20)},
-                  "big/text.txt": (text, zipfile.ZIP_DEFLATED)},
+                  "big/text.txt": (text, zipfile.ZIP_DEFLATED),
+                  "big/text.bz2.txt": (text, zipfile.ZIP_BZIP2)},
         "sub/c.zip": {**{f"tiny/{i}.dat": (random_bytes(f"c{i}", i * 37), zipfile.ZIP_STORED)
                          for i in range(40)},
                       "large.bin": (random_bytes("c-large", 3 * 2**20 + 5), zipfile.ZIP_STORED),
