@@ -241,8 +241,8 @@ def test_a_short_response_is_an_error_and_is_not_cached():
 
 
 def test_the_memory_tier_counts_whole_runs_and_evicts_them_whole():
-    mem = MemoryTier(10 * BS, BS)
-    mem.reserved = 0
+    mem = MemoryTier(80 * BS, BS)
+    mem.reserved = 70 * BS  # 10 blocks left for the LRU
     mem.put_run("a", 0, DATA[: 4 * BS])
     mem.put_run("a", 2, DATA[2 * BS: 8 * BS])  # overlaps the first run
     assert mem.used == 10 * BS
@@ -275,3 +275,13 @@ def test_a_read_takes_over_a_queued_read_ahead_piece_instead_of_waiting_behind_i
     assert [c for c in src.calls if c[0] == 2 * cell] == [(2 * cell, 3 * cell)]  # once, whole
     gate.set()
     cache.close()
+
+
+def test_a_run_large_next_to_a_small_memory_cap_is_kept_block_by_block():
+    mem = MemoryTier(16 * BS, BS)
+    mem.reserved = 0
+    mem.put_run("a", 0, DATA[: 4 * BS])  # a quarter of the cap: kept block by block
+    mem.put_run("b", 0, DATA[: 14 * BS])
+    assert mem.used <= 16 * BS
+    assert bytes(mem.get("b", 13)) == DATA[13 * BS: 14 * BS]
+    assert mem.get("a", 0) is None and mem.get("a", 3) is not None  # evicted one by one, oldest first

@@ -22,10 +22,10 @@ class MemoryTier:
 
     A response (or a run file read back) is kept as the one buffer it arrived in and its blocks
     are views of it, so splitting it costs no copy; the LRU evicts whole runs, so the bytes it
-    counts are the bytes it holds. The cap also covers the buffers of requests in flight
-    (``reserve``) and holds back 1/16 of itself (at most 16 MiB) for short-lived copies (FUSE
-    replies, joined blocks), so that the process stays within the cap plus the interpreter's own
-    memory however hard it is read.
+    counts are the bytes it holds. A run over 1/8 of the cap is split into blocks (copied).
+    The cap also covers the buffers of requests in flight (``reserve``) and holds back 1/16 of
+    itself (at most 16 MiB) for short-lived copies (FUSE replies, joined blocks), so that the
+    process stays within the cap plus the interpreter's own memory however hard it is read.
     """
 
     def __init__(self, capacity: int, block_size: int) -> None:
@@ -63,13 +63,18 @@ class MemoryTier:
 
     def put_run(self, key: str, first: int, data: Buffer) -> None:
         """Keep ``data``: the consecutive blocks ``first, first+1, ...`` of ``key``."""
-        view = memoryview(data).cast("B")
-        if len(view) > self.capacity:
-            return
-        run = _Run(key, first, -(-len(view) // self.block_size), view)
+        view, bs = memoryview(data).cast("B"), self.block_size
+        if len(view) > self.capacity // 8 and len(view) > bs:
+            # Large next to the cap: kept block by block (copies), so that eviction stays fine
+            # grained in a small cache instead of dropping a run as soon as it comes in.
+            runs = [_Run(key, first + n, 1, memoryview(bytes(view[n * bs: (n + 1) * bs])))
+                    for n in range(-(-len(view) // bs))]
+        else:
+            runs = [_Run(key, first, -(-len(view) // bs), view)]
         with self._lock:
-            self._runs[run] = None
-            self.used += len(view)
-            for i in range(first, first + run.count):
-                self._blocks[(key, i)] = run
+            for run in runs:
+                self._runs[run] = None
+                self.used += len(run.data)
+                for i in range(run.first, run.first + run.count):
+                    self._blocks[(key, i)] = run
             self._evict()
