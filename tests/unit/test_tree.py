@@ -149,3 +149,40 @@ def test_listing_and_stating_a_prefix_opens_no_archive_until_one_is_entered(tmp_
         assert tree.open_archives() == 1
     finally:
         engine.close()
+
+
+def test_running_out_of_file_descriptors_never_deletes_a_persisted_index_or_view(tmp_path):
+    import os
+    import resource
+
+    from zipmount.archive.index import load_index
+    from zipmount.tree.views import remembered_view
+
+    path = tmp_path / "one.zip"
+    path.write_bytes(_zip({"a.txt": b"a"}))
+    engine = _engine(tmp_path)
+    tree = engine.open_tree(str(path))
+    disk = engine.cache.disk
+    key = tree.slot.obj.cache_key(tree.slot.reach.source.location)
+    index_name, location = f"{key}.index.json", tree.slot.reach.source.location
+    assert load_index(disk, index_name) is not None
+    assert remembered_view(disk, location, str(path), 60) is not None
+    stored = sorted(p.name for p in (tmp_path / "cache").rglob("*.json"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        try:
+            while True:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass  # EMFILE: no descriptor left
+        index, view = load_index(disk, index_name), remembered_view(disk, location, str(path), 60)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert index is None and view is None  # a miss now...
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("*.json")) == stored  # ...kept
+    assert load_index(disk, index_name) is not None
+    engine.close()

@@ -673,14 +673,16 @@ def _build(rows: _Rows, archive: str) -> EntryTable:
 
 
 def load_index(disk: DiskTier, name: str) -> EntryTable | None:
-    if not disk.touch(name):
+    """The persisted index ``name``; None if it is not stored (or unreadable: then removed)."""
+    raw = disk.read(name)
+    if raw is None:
         return None
     try:
-        doc = json.loads(disk.path(name).read_bytes())
+        doc = json.loads(raw)
         if doc.get("version") != INDEX_VERSION:
             return None
         return EntryTable.from_doc(doc)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
         log.warning("disk cache: dropping unreadable index %s (%s)", name, exc)
         disk.remove(name)
         return None

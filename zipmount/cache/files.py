@@ -95,6 +95,17 @@ class FileStore:
         except OSError:
             return False
 
+    def read(self, name: str) -> bytes | None:
+        """The bytes of ``name``, marked as just used; None if it is not stored or cannot be
+        read now (a transient error such as EMFILE is a miss, never a reason to delete it)."""
+        try:
+            with open(self.fspath(name), "rb") as f:
+                data = f.read()
+        except OSError:
+            return None
+        self.touch(name)
+        return data
+
     def listing(self, group: str) -> tuple[int, list[str]] | None:
         """(mtime in ns, names) of the directory ``group`` holding names ``group/...``; None if
         it does not exist. The mtime changes whenever a file is added or removed there."""

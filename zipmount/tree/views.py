@@ -38,14 +38,15 @@ def remembered_view(disk: DiskTier | None, location: str, path: str,
     """What an earlier mount saw at ``path`` less than ``ttl`` seconds ago: its objects, whether
     it is one archive, and the age of that view."""
     name = _view_file(location, path)
-    if disk is None or ttl <= 0 or not disk.touch(name):
+    raw = disk.read(name) if disk is not None and ttl > 0 else None
+    if raw is None:
         return None
     try:
-        doc = json.loads(disk.path(name).read_bytes())
+        doc = json.loads(raw)
         age = time.time() - float(doc["checked"])
         objects = [ObjectInfo(**o) for o in doc["objects"]]
         single = bool(doc["single"]) and len(objects) == 1
-    except (OSError, ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError):
         disk.remove(name)
         return None
     return (objects, single, age) if 0 <= age < ttl else None
