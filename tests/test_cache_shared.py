@@ -4,7 +4,6 @@ leaves nothing that is later served corrupt."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import random
@@ -15,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from robust.harness import dir_usage
+from robust.harness import cache_usage_between_writes, dir_usage
 
 from zipmount.cache import BLOCK_SIZE, BlockCache, FileStore
 from zipmount.errors import SourceError
@@ -78,17 +77,6 @@ def start_worker(root: Path, seed: int, seconds: float) -> subprocess.Popen[str]
     return proc
 
 
-def usage_between_writes(root: Path) -> int:
-    """Bytes under ``root/files`` with the ledger's lock held: no process reserves or evicts
-    meanwhile, so the walk is not raced by evictions."""
-    fd = os.open(root / "ledger", os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        return dir_usage(root / "files")[0]
-    finally:
-        os.close(fd)
-
-
 def served_from_disk(root: Path) -> int:
     """Reads every block of every object from the run files alone (no request can succeed) and
     checks it; returns how many blocks were served."""
@@ -122,7 +110,7 @@ def test_processes_sharing_a_cache_dir_serve_right_bytes_under_one_cap(tmp_path)
 
     def sample() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], usage_between_writes(root))
+            peak[0] = max(peak[0], cache_usage_between_writes(root))
             time.sleep(0.01)
 
     sampler = threading.Thread(target=sample)

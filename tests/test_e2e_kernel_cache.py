@@ -4,25 +4,17 @@ again for the new version; a listing answers the lookups of its entries (readdir
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
 import time
-import zipfile
+
+from robust.zips import plain_zip
 
 from zipmount.stats import STATS_XATTR
 
 TTL = 2
 SETTLE = 20.0
-
-
-def _zip(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
 
 
 def _stats(root) -> dict:
@@ -36,7 +28,7 @@ def _read(path) -> bytes:
 
 def test_a_file_read_again_through_new_opens_comes_from_the_page_cache(zm, s3):
     data = random.Random("kc-reopen").randbytes(300_000)
-    s3.put_bytes("data", "kc/reopen.zip", _zip({"a.bin": data, "b.txt": b"b\n"}))
+    s3.put_bytes("data", "kc/reopen.zip", plain_zip({"a.bin": data, "b.txt": b"b\n"}))
     with zm.mounted("s3://data/kc/reopen.zip") as h:
         mp = h.mountpoint
         assert _read(mp / "a.bin") == data
@@ -52,12 +44,12 @@ def test_replaced_archive_drops_old_pages_then_keeps_the_new_ones(zm, s3):
     old = {"a.bin": rnd.randbytes(200_000), "same.bin": rnd.randbytes(100_000)}
     new = {"a.bin": rnd.randbytes(250_000), "same.bin": rnd.randbytes(100_000)}
     key = "kc/replace/v.zip"
-    s3.put_bytes("data", key, _zip(old))
+    s3.put_bytes("data", key, plain_zip(old))
     with zm.mounted(f"s3://data/{key}", "--ttl", str(TTL)) as h:
         mp = h.mountpoint
         for name in old:
             assert _read(mp / name) == old[name]
-        s3.put_bytes("data", key, _zip(new))
+        s3.put_bytes("data", key, plain_zip(new))
         deadline = time.monotonic() + SETTLE
         pending = set(new)
         while pending:
@@ -80,7 +72,7 @@ def test_replaced_archive_drops_old_pages_then_keeps_the_new_ones(zm, s3):
 
 def test_listing_a_big_directory_gives_the_kernel_every_entrys_right_attributes(zm, s3):
     files = {f"d/f{i:03d}.txt": f"file {i}\n".encode() for i in range(200)}
-    s3.put_bytes("data", "kc/listing.zip", _zip(files))
+    s3.put_bytes("data", "kc/listing.zip", plain_zip(files))
     with zm.mounted("s3://data/kc/listing.zip") as h:
         mp = h.mountpoint
         with os.scandir(mp / "d") as it:  # READDIRPLUS in several replies, resumed by offset

@@ -166,6 +166,19 @@ def dir_usage(root: Path) -> tuple[int, int]:
     return apparent, allocated
 
 
+def cache_usage_between_writes(root: Path) -> int:
+    """The bytes under the cache dir ``root``'s ``files`` while no process may reserve or evict
+    (the ledger's lock held, as every writer and evicter takes it): a walk not raced by them."""
+    import fcntl
+
+    fd = os.open(root / "ledger", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return dir_usage(root / "files")[0]
+    finally:
+        os.close(fd)
+
+
 def wait_for(cond: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

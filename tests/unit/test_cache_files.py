@@ -10,24 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
-from robust.harness import dir_usage
+from robust.harness import cache_usage_between_writes, dir_usage
 
 from zipmount.cache import FileStore
 
 
 def on_disk(store: FileStore) -> int:
     return dir_usage(store.files_dir)[0]
-
-
-def on_disk_between_writes(root: Path) -> int:
-    """The bytes under ``root/files`` while no process may reserve or evict (the ledger's lock
-    held, as every writer and evicter takes it): a walk that is not raced by evictions."""
-    fd = os.open(root / "ledger", os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        return dir_usage(root / "files")[0]
-    finally:
-        os.close(fd)
 
 
 def test_a_file_appears_whole_or_not_at_all(tmp_path):
@@ -78,7 +67,7 @@ def test_the_cap_holds_while_threads_write_at_once(tmp_path):
 
     def sample() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], on_disk_between_writes(tmp_path))
+            peak[0] = max(peak[0], cache_usage_between_writes(tmp_path))
 
     def writer(t: int) -> None:
         for n in range(60):

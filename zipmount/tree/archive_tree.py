@@ -143,6 +143,14 @@ class ArchiveSlot:
 
     def _revalidate(self) -> None:
         try:
+            self._check_identity()
+        finally:  # the next check may start only once this one is over, its outcome applied
+            with self._lock:
+                self._checked = time.monotonic()
+                self._revalidating = False
+
+    def _check_identity(self) -> None:
+        try:
             obj = self.reach.source.stat(self.obj.path)
         except ObjectNotFound:
             log.warning("archive %s was deleted on the server", self.obj.path)
@@ -154,10 +162,6 @@ class ArchiveSlot:
             log.warning("cannot revalidate %s, serving the last good version: %s",
                         self.obj.path, exc)
             return
-        finally:
-            with self._lock:
-                self._checked = time.monotonic()
-                self._revalidating = False
         if obj is not None:
             self.replace(obj)
             if self.remember_as is not None:
