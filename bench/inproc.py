@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -95,11 +94,7 @@ class ZipmountFsspecContender:
 
         # The engine is process-wide per cache dir (what a long-lived user process wants);
         # a remount here stands for a new process, so it must not find this one's memory.
-        key = os.path.realpath(self.cache_dir) if self.cache_dir else None
-        with Engine._shared_lock:
-            engine = Engine._shared.pop(key, None)
-        if engine is not None:
-            engine.close()
+        Engine.close_shared(self.cache_dir)
         return {}
 
     def listing(self, fresh: bool) -> tuple[int, dict]:
