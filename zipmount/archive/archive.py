@@ -234,7 +234,7 @@ class Archive:
                          entry.name, entry.size)
                 try:
                     self.disk.write(name, member_chunks(self.cached, entry, self.data_offset(entry)),
-                                    entry.size)
+                                    entry.size, overwrite=False)
                 except OSError as exc:
                     log.warning("cannot write the spill file of %s (%s): decompressing on "
                                 "each read instead", entry.name, exc)

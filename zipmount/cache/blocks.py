@@ -145,7 +145,7 @@ class RunFiles:
             for j in range(count))
         cell = first // self.cell_blocks
         name = f"{self._group(key, cell)}/{first}-{first + count - 1}.run"
-        self.store.write(name, [header, view], len(header) + len(view))
+        self.store.write(name, [header, view], len(header) + len(view), overwrite=False)
         self._forget(key, cell)
 
 

@@ -31,6 +31,7 @@ smallest one wins).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import itertools
@@ -48,6 +49,13 @@ log = logging.getLogger(__name__)
 _LEDGER = struct.Struct("<qd")  # bytes used, time.time() of the last scan
 RESCAN_INTERVAL = 300.0
 _TMP = ".tmp."
+_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+try:
+    _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                           ctypes.c_uint]
+except AttributeError:  # a libc without it (glibc < 2.28)
+    _renameat2 = None
 _DEAD_TMP_AGE = 10.0  # an unlocked temporary file this old belongs to a killed writer
 _LOW_WATER = 0.9  # an eviction frees down to this fraction of the cap
 
@@ -118,12 +126,15 @@ class FileStore:
         return st.st_mtime_ns, names
 
     # --- writing -------------------------------------------------------------------------
-    def write(self, name: str, chunks: Iterable[bytes | memoryview], size: int | None = None) -> None:
+    def write(self, name: str, chunks: Iterable[bytes | memoryview], size: int | None = None,
+              overwrite: bool = True) -> None:
         """Write ``name`` atomically from ``chunks`` (``size``: at most that many bytes in all).
 
         With ``size``, room is made (least recently used files deleted) before the first byte is
         written, so the files add up to no more than the capacity, not even while one is being
-        written.
+        written. ``overwrite=False`` is for names that stand for their content (a run of blocks,
+        a spill file): a file another process put there first is kept, and the total is never
+        corrected by the size of a file that an eviction may have removed meanwhile.
         """
         reserve = size or 0
         if reserve > self.capacity:
@@ -145,9 +156,13 @@ class FileStore:
                         raise OSError(errno.EFBIG, f"{name}: more than the {size} bytes announced")
                     while view:
                         view = view[os.write(fd, view):]
-                with contextlib.suppress(FileNotFoundError):
-                    replaced = os.stat(target).st_size
-                os.replace(tmp, target)
+                if overwrite:
+                    with contextlib.suppress(FileNotFoundError):
+                        replaced = os.stat(target).st_size
+                    os.replace(tmp, target)
+                elif not _rename_if_absent(tmp, target):
+                    written = 0  # the same content is there already
+                    os.unlink(tmp)
             except BaseException:
                 self._add(-reserve)
                 raise
@@ -271,6 +286,29 @@ class FileStore:
 
     def close(self) -> None:
         os.close(self._ledger_fd)
+
+
+def _rename_if_absent(src: Path, dst: Path) -> bool:
+    """Rename ``src`` to ``dst`` unless ``dst`` exists, atomically; False if it exists.
+
+    renameat2(RENAME_NOREPLACE), which the os module does not offer: a link and an unlink
+    would show the file under two names for a moment (counted twice by a concurrent scan).
+    """
+    if _renameat2 is not None:
+        if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
+                      _RENAME_NOREPLACE) == 0:
+            return True
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            return False
+        if err not in (errno.ENOSYS, errno.EINVAL):  # EINVAL: a file system without it
+            raise OSError(err, os.strerror(err), str(dst))
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        return False
+    os.unlink(src)
+    return True
 
 
 def _announced(base: str) -> int:
