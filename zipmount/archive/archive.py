@@ -51,9 +51,11 @@ class Archive:
         self.cached = cached
         self.entries = entries
         self.children = children
-        self.subdirs: dict[str, int] = dict.fromkeys(children, 0)  # for st_nlink
-        for name, entry in entries.items():
-            if entry.kind == "dir":
+        # Subdirectories per directory, for st_nlink: the directories are the keys of
+        # ``children`` (walking the entries would build an Entry for each of them).
+        self.subdirs: dict[str, int] = dict.fromkeys(children, 0)
+        for name in children:
+            if name:
                 self.subdirs[name.rpartition("/")[0]] += 1
         self.disk = disk
         self.prefetcher = Prefetcher(cached)

@@ -87,9 +87,6 @@ class Entry(NamedTuple):
     nlink: int = 1  # hard links: entries sharing this data
     target: str = ""  # a symlink whose target is in the PKWARE unix field, not in its data
 
-    def to_list(self) -> list[Any]:
-        return list(self)
-
     @property
     def encrypted(self) -> bool:
         return bool(self.flags & 0x1)

@@ -49,19 +49,18 @@ class Progress:
         self.archives = archives
         self.tty = tty
         self.done_archives = self.files = self.failed = 0
-        self.bytes = self.known_bytes = 0
+        self.bytes = 0
         self.started = time.monotonic()
         self._lock = threading.Lock()
         self._shown = 0.0
 
-    def add(self, *, nbytes: int = 0, files: int = 0, failed: int = 0, archive: bool = False,
-            known: int = 0) -> None:
+    def add(self, *, nbytes: int = 0, files: int = 0, failed: int = 0,
+            archive: bool = False) -> None:
         with self._lock:
             self.bytes += nbytes
             self.files += files
             self.failed += failed
             self.done_archives += archive
-            self.known_bytes += known
             now = time.monotonic()
             if self.tty and (now - self._shown > 0.2 or archive):
                 self._shown = now
@@ -149,9 +148,8 @@ def _prefetch_unit(unit: Unit, metadata_only: bool, progress: Progress, limit: R
         print(f"\nzipmount: prefetch {unit.path}: {exc.strerror}", file=sys.stderr)
         progress.add(failed=1)
         return False
-    progress.add(known=unit.size)
     if metadata_only:
-        progress.add(archive=True, files=0)
+        progress.add(archive=True)
         return True
     ok = True
     buffer = bytearray(READ_SIZE)
