@@ -11,8 +11,8 @@ import numpy as np
 from botocore.parsers import RestXMLParser
 
 from bench.cohort import BUCKET, CohortSpec, key, nginx_etag, touched_bytes, write_listing
-from bench.extra import member_data_range
 from bench.memfuse import MemoryFS
+from bench.steps.stream import member_data_range
 from bench.workload import digest, make_windows, window_chunks
 
 
