@@ -124,13 +124,14 @@ class Daemon:
         """Start one FUSE session per tree and wait until each answers."""
         from . import fuseops  # noqa: F401 - here, so a missing libfuse 3 is a one-line error
         for tree in self.trees:
-            tree.thread = threading.Thread(target=self._serve, args=(tree,), daemon=True,
-                                           name=f"fuse {tree.config.mountpoint}")
-            tree.thread.start()
+            thread = threading.Thread(target=self._serve, args=(tree,), daemon=True,
+                                      name=f"fuse {tree.config.mountpoint}")
+            tree.thread = thread
+            thread.start()
         deadline = time.monotonic() + MOUNT_TIMEOUT
         for tree in self.trees:
             while not _answers(tree.config.mountpoint):
-                if tree.error is not None or not tree.thread.is_alive():
+                if tree.error is not None or tree.thread is None or not tree.thread.is_alive():
                     raise ZipmountError(f"mounting {tree.config.mountpoint} failed: "
                                         f"{tree.error or 'FUSE exited (see the log)'}")
                 if time.monotonic() > deadline:
