@@ -96,6 +96,7 @@ def main(argv=None) -> int:
         except KeyboardInterrupt:
             log("interrupted; stopping servers and mounts")
             return 130
+    return 0
 
 
 if __name__ == "__main__":
