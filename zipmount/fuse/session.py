@@ -37,8 +37,11 @@ log = logging.getLogger(__name__)
 FUSE_READDIR_PLUS = 1 << 0
 FUSE_FILL_DIR_PLUS = 1 << 1
 # Worker threads per session: many reader processes each wait on their own request (libfuse 3.14.0
-# ignores the option and prints "Ignoring invalid max threads value"; later versions honour it).
+# ignores the option; later versions honour it).
 MAX_THREADS = 64
+# Idle workers kept per session. Set explicitly: libfuse 3.14.0 warns "Ignoring invalid max
+# threads value 4294967295" on every mount when it is left at its unset value.
+MAX_IDLE_THREADS = 16
 # The high-level API passes opendir's keep_cache and cache_readdir on to the kernel only since
 # libfuse 3.16.1 (commit 98eb8089); before, the kernel re-reads every directory it lists.
 CACHES_DIRECTORIES = (mfusepy.fuse_version_major, mfusepy.fuse_version_minor) >= (3, 16)
@@ -111,4 +114,5 @@ def serve(ops: ZipOperations, mountpoint: str, *, fsname: str, allow_other: bool
         ops.opendir = None  # type: ignore[method-assign,assignment]
     _Session(ops, mountpoint, raw_fi=True, foreground=True, ro=True, fsname=fsname,
              subtype="zipmount", default_permissions=True, max_threads=MAX_THREADS,
+             max_idle_threads=MAX_IDLE_THREADS,
              **({"allow_other": True} if allow_other else {}))
