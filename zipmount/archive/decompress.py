@@ -62,7 +62,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 crc32 = zlib_impl.crc32
 
 if TYPE_CHECKING:
-    from .index import Entry
+    from .index.table import Entry
     from .remote import CachedObject
 
 PIECE = 256 * 1024  # output per decompress() call
