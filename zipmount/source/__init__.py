@@ -12,10 +12,10 @@ Every remote call made by zipmount goes through :class:`Source`, which
 from __future__ import annotations
 
 from ..store import ObjectInfo
-from .filesystems import filesystem_location
+from .filesystems import filesystem_location, with_s3_settings
 from .fsspec_source import Source
 from .options import StorageOptions
 from .pinning import check_answer, pin_conditions
 
 __all__ = ["ObjectInfo", "Source", "StorageOptions", "check_answer", "filesystem_location",
-           "pin_conditions"]
+           "pin_conditions", "with_s3_settings"]

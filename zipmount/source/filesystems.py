@@ -37,22 +37,11 @@ def s3_filesystem(options: StorageOptions) -> fsspec.AbstractFileSystem:
         client_kwargs["verify"] = False
     elif options.ca_bundle:
         client_kwargs["verify"] = options.ca_bundle
-    attempt_timeout = max(1.0, options.timeout / 3)
-    config_kwargs = {
-        "connect_timeout": min(5.0, attempt_timeout),
-        "read_timeout": attempt_timeout,
-        # botocore's default of 10 connections would cap the requests in flight below what the
-        # block cache's fetch and read-ahead threads plus the readers' own misses ask for.
-        "max_pool_connections": 48,
-        # Retries are ours (Source._call): one deadline over everything, jittered backoff.
-        "retries": {"total_max_attempts": 1, "mode": "standard"},
-    }
     kwargs: dict[str, Any] = {
         "endpoint_url": options.endpoint_url,
         "client_kwargs": client_kwargs,
-        "config_kwargs": config_kwargs,
-        "use_listings_cache": False,
         "skip_instance_cache": True,
+        **s3_settings(options.timeout),
     }
     if options.anonymous:
         kwargs["anon"] = True
@@ -64,3 +53,29 @@ def s3_filesystem(options: StorageOptions) -> fsspec.AbstractFileSystem:
     fs = s3fs.S3FileSystem(**kwargs)
     fs.retries = 1  # s3fs's own retry loop: off, Source._call retries inside one deadline
     return fs
+
+
+def s3_settings(timeout: float) -> dict[str, Any]:
+    """The s3fs arguments zipmount's reads rely on, for a deadline of ``timeout`` seconds: the
+    one set-up of the daemon's source and the fsspec front-end's filesystem."""
+    attempt_timeout = max(1.0, timeout / 3)
+    return {
+        "config_kwargs": {
+            "connect_timeout": min(5.0, attempt_timeout),
+            "read_timeout": attempt_timeout,
+            # botocore's default of 10 connections would cap the requests in flight below what
+            # the block cache's fetch and read-ahead threads plus the readers' own misses ask for.
+            "max_pool_connections": 48,
+            # Retries are ours (Source._call): one deadline over everything, jittered backoff.
+            "retries": {"total_max_attempts": 1, "mode": "standard"},
+        },
+        "use_listings_cache": False,  # revalidation must see the server
+    }
+
+
+def with_s3_settings(options: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """The caller's s3fs arguments ``options`` over :func:`s3_settings` (``config_kwargs``
+    merged key by key, the caller's winning)."""
+    ours = s3_settings(timeout)
+    return {**ours, **options,
+            "config_kwargs": {**ours["config_kwargs"], **options.get("config_kwargs", {})}}

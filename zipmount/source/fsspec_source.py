@@ -27,7 +27,8 @@ T = TypeVar("T")
 
 
 class Source:
-    """One fsspec filesystem plus the policy (deadline, retries, identity checks) to read it.
+    """The :class:`~zipmount.store.Store` of the daemon and the fsspec front-end: one fsspec
+    filesystem plus the policy (deadline, retries, identity checks) to read it.
 
     The filesystem is built on first use: importing fsspec and s3fs (botocore, aiohttp) costs
     ~0.6 s, which a mount served from the persisted index (no request at all) never pays.
@@ -113,6 +114,16 @@ class Source:
         """Every object below ``prefix`` (recursive), one listing call."""
         found = self._call(f"list {prefix}", self._find, prefix)
         return [object_info(p, i) for p, i in found.items() if i.get("type") != "directory"]
+
+    def exists(self, path: str) -> bool:
+        """Whether ``path`` names an object, a prefix or a bucket."""
+        return bool(self._call(f"stat {path}", self._exists, path))
+
+    def _exists(self, timeout: float, path: str) -> bool:
+        fs = self.fs
+        if self._async:
+            return self._run(timeout, fs._exists(path))
+        return fs.exists(path)
 
     def _info(self, timeout: float, path: str) -> dict[str, Any]:
         fs = self.fs
