@@ -13,7 +13,7 @@ import time
 
 from ..archive import MemberReader, clean_name
 from ..errors import IsADirectory, NotASymlink, NotFound, ObjectNotFound, SourceError
-from ..source import ObjectInfo
+from ..store import ObjectInfo
 from .archive_tree import ArchiveSlot, ArchiveTree, Reach
 from .base import Node
 from .views import remember_view
@@ -45,7 +45,7 @@ class PrefixTree:
         source = self.reach.source
         try:
             objects = source.list_objects(self.path)
-            if strict and not objects and not source.fs.exists(self.path):
+            if strict and not objects and not source.exists(self.path):
                 raise ObjectNotFound(f"not found: {self.path}")
         except SourceError as exc:
             if strict:
