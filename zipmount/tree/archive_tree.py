@@ -222,9 +222,9 @@ class ArchiveTree:
             return Node("dir", 0, node.mtime_ns, 0o555, nlink=2 + archive.subdirs.get(self.root, 0))
         if entry.kind == "dir":
             return Node("dir", 0, entry.mtime_ns, entry.mode, nlink=2 + archive.subdirs[entry.name])
-        # The CRC in the sub-second part of mtime lets the kernel drop cached pages of a member
-        # whose content changed even when its size and DOS timestamp did not.
-        return Node(entry.kind, entry.size, entry.mtime_ns + entry.crc % 10**9, entry.mode,
+        # The mtime is exactly the entry's: a changed member is told apart by ``version``, which
+        # the front-ends use to drop the kernel's cached pages.
+        return Node(entry.kind, entry.size, entry.mtime_ns, entry.mode,
                     entry.method, nlink=entry.nlink, version=archive.member_version(entry))
 
     def listdir(self, path: str) -> list[tuple[str, str]]:
