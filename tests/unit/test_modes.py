@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import stat
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from robust.zips import S_DIR, S_FILE, S_LINK, RawMember, hard_link, raw_zip
 
 from zipmount.archive.index.central import read_central_directory
@@ -65,3 +67,13 @@ def test_pkzip_made_by_dos_with_a_unix_mode_keeps_it_and_hard_links_share_their_
         hard_link(b"hard", b"target"),
     ])
     assert got == {"pk-file": 0o600, "pk-dir": 0o750, "target": 0o640, "hard": 0o640}
+
+
+@settings(max_examples=300, deadline=None)
+@given(attrs=st.lists(st.tuples(st.integers(0, 2**32 - 1), st.sampled_from([0, 3, 10, 19])),
+                      min_size=1, max_size=6))
+def test_no_entry_ever_shows_setuid_setgid_or_a_file_type_in_its_mode(attrs):
+    members = [RawMember(f"m{i}".encode(), b"x", external_attr=attr, create_system=system)
+               for i, (attr, system) in enumerate(attrs)]
+    for name, mode in modes(members).items():
+        assert mode & ~0o1777 == 0, (name, oct(mode))
