@@ -23,7 +23,7 @@ def test_archives_appear_as_directories(rec):
     assert sorted(os.listdir(rec / "sub")) == ["b.rkns"]
     for d in ("a.rkns", "c.zip", "sub", "sub/b.rkns"):
         assert (rec / d).is_dir(), d
-        assert oct(os.stat(rec / d).st_mode & 0o7777) == oct(0o555), d
+        assert oct(os.stat(rec / d).st_mode & 0o7777) == oct(0o755), d
 
 
 def test_non_archive_objects_are_hidden(rec):

@@ -466,7 +466,7 @@ def test_uid_gid_umask_and_allow_other(st, public_mp):
                     mountpoint=public_mp) as h:
         mp = h.mountpoint
         assert "allow_other" in _mount_options(mp)
-        for rel, want in (("hello.txt", 0o440), ("data", 0o550), ("", 0o550)):
+        for rel, want in (("hello.txt", 0o640), ("data", 0o750), ("", 0o750)):
             s = os.stat(mp / rel) if rel else os.stat(mp)
             assert (s.st_uid, s.st_gid) == (uid, gid), rel
             assert stat.S_IMODE(s.st_mode) == want, (rel, oct(s.st_mode))

@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="archive name suffix in prefix mounts (repeatable; default .zip, .rkns)")
     m.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     m.add_argument("-o", dest="fuse_options", action="append", default=[],
-                   help="allow_other,uid=N,gid=N,umask=NNN")
+                   help="allow_other,uid=N,gid=N,umask=NNN. Modes are the permission bits "
+                   "the archive stores (setuid/setgid dropped); entries without them are 0644, "
+                   "directories 0755; umask masks them all")
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     _storage_args(m)
 

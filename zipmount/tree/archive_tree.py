@@ -23,7 +23,7 @@ from ..errors import (
 )
 from ..stats import Stats
 from ..store import ObjectInfo, Store
-from .base import Node
+from .base import DIR_MODE, Node
 from .indexes import IndexLRU
 from .views import remember_view
 
@@ -74,7 +74,7 @@ class ArchiveSlot:
         return isinstance(self._broken, ObjectNotFound)
 
     def node(self) -> Node:
-        return Node("dir", 0, int(self.obj.mtime * 1e9), 0o555, nlink=2)
+        return Node("dir", 0, int(self.obj.mtime * 1e9), DIR_MODE, nlink=2)
 
     def replace(self, obj: ObjectInfo) -> None:
         """Switch to a new identity seen in a listing or a check (drops the old index)."""
@@ -219,12 +219,13 @@ class ArchiveTree:
         entry = self._entry(archive, self._name(inner))
         if entry is None:
             node = self.slot.node()
-            return Node("dir", 0, node.mtime_ns, 0o555, nlink=2 + archive.subdirs.get(self.root, 0))
+            return Node("dir", 0, node.mtime_ns, DIR_MODE,
+                        nlink=2 + archive.subdirs.get(self.root, 0))
         if entry.kind == "dir":
             return Node("dir", 0, entry.mtime_ns, entry.mode, nlink=2 + archive.subdirs[entry.name])
-        # The CRC in the sub-second part of mtime lets the kernel drop cached pages of a member
-        # whose content changed even when its size and DOS timestamp did not.
-        return Node(entry.kind, entry.size, entry.mtime_ns + entry.crc % 10**9, entry.mode,
+        # The mtime is exactly the entry's: a changed member is told apart by ``version``, which
+        # the front-ends use to drop the kernel's cached pages.
+        return Node(entry.kind, entry.size, entry.mtime_ns, entry.mode,
                     entry.method, nlink=entry.nlink, version=archive.member_version(entry))
 
     def listdir(self, path: str) -> list[tuple[str, str]]:

@@ -8,6 +8,9 @@ from typing import Protocol
 from ..archive import MemberReader
 
 DEFAULT_SUFFIXES = (".zip", ".rkns")
+# Directories the archive does not describe (archives and prefixes shown as directories): what a
+# directory made with the usual umask 022 has, so that copies out of the mount stay usable.
+DIR_MODE = 0o755
 
 
 @dataclass(frozen=True)
@@ -17,7 +20,7 @@ class Node:
     kind: str  # "dir", "file" or "link"
     size: int
     mtime_ns: int
-    mode: int
+    mode: int  # permission bits: the entry's as stored (see zipmount/archive/index.py)
     method: int | None = None  # zip compression method of a member
     nlink: int = 1  # directories: 2 + subdirectories
     version: str = ""  # files: which archive version and member the attributes describe

@@ -15,7 +15,7 @@ from ..archive import MemberReader, clean_name
 from ..errors import IsADirectory, NotASymlink, NotFound, ObjectNotFound, SourceError
 from ..store import ObjectInfo
 from .archive_tree import ArchiveSlot, ArchiveTree, Reach
-from .base import Node
+from .base import DIR_MODE, Node
 from .views import remember_view
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class PrefixTree:
         prefix = f"{inner}/" if inner else ""
         subdirs = sum(1 for n in names if f"{prefix}{n}" in self._dirs or
                       f"{prefix}{n}" in self._archives)
-        return Node("dir", 0, self.mtime_ns, 0o555, nlink=2 + subdirs)
+        return Node("dir", 0, self.mtime_ns, DIR_MODE, nlink=2 + subdirs)
 
     def listdir(self, path: str) -> list[tuple[str, str]]:
         tree, inner = self._split(path)

@@ -18,7 +18,7 @@ from .table import CODES, FIELDS, LINK, Entry, EntryTable
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 3
+INDEX_VERSION = 4  # 4: permission bits as stored
 
 
 def load_index(disk: DiskTier, name: str) -> EntryTable | None:
