@@ -42,7 +42,19 @@ from zipmount.stats import Stats
 
 
 def index(data: bytes) -> EntryTable:
-    return read_central_directory(io.BytesIO(data), len(data), "t.zip")
+    return read_central_directory(CountedReads(data), len(data), "t.zip")
+
+
+class CountedReads:
+    """An object's bytes in memory, read by range, counting the reads."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.ranges: list[tuple[int, int]] = []
+
+    def __call__(self, start: int, end: int) -> bytes:
+        self.ranges.append((start, end))
+        return self.data[start:end]
 
 
 # -- duplicates -----------------------------------------------------------------------------------
@@ -228,9 +240,13 @@ def test_a_huge_claimed_central_directory_is_refused_before_it_is_read(tmp_path:
         f.truncate(size - 22)
         f.seek(size - 22)
         f.write(end)
+    def read(start: int, end: int) -> bytes:
+        f.seek(start)
+        return f.read(end - start)
+
     tracemalloc.start()
     with path.open("rb") as f, pytest.raises(ArchiveError, match="over the limit") as err:
-        read_central_directory(f, size, "sparse.zip")
+        read_central_directory(read, size, "sparse.zip")
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert "\n" not in str(err.value)
@@ -367,3 +383,62 @@ def test_a_damaged_persisted_index_is_dropped_not_served(tmp_path: Path, damage)
         assert not disk.touch("k.index.json")
     finally:
         disk.close()
+
+
+# -- reads ----------------------------------------------------------------------------------------
+
+
+def zip_of(members: int, member_bytes: int, name_len: int = 20) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(members):
+            zf.writestr(f"{i:0{name_len}d}", bytes(member_bytes))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("members", "member_bytes"), [(300, 1000), (300, 100_000), (5, 0)])
+def test_the_end_records_and_a_small_central_directory_come_from_one_read(members, member_bytes):
+    data = zip_of(members, member_bytes)
+    reads = CountedReads(data)
+    table = read_central_directory(reads, len(data), "t.zip")
+    assert len(table) == members
+    assert len(reads.ranges) == 1 and reads.ranges[0][1] == len(data), reads.ranges
+
+
+def test_a_central_directory_bigger_than_the_tail_costs_one_more_read_of_what_the_tail_lacks():
+    data = zip_of(20_000, 0, name_len=40)  # ~1.7 MB of central directory, nothing else
+    cd_start = data.index(b"PK\x01\x02")
+    reads = CountedReads(data)
+    table = read_central_directory(reads, len(data), "t.zip")
+    assert len(table) == 20_000
+    (tail_start, tail_end), (start, end) = reads.ranges
+    assert tail_end == len(data) and (start, end) == (cd_start, tail_start), reads.ranges
+
+
+def test_the_central_directory_start_is_kept_in_the_index_and_persisted(tmp_path: Path):
+    stub = b"#!/bin/sh\nexit 0\n" * 10  # a self-extractor's stub in front
+    data = stub + zip_of(3, 10)
+    table = index(data)
+    assert table.cd_start == data.index(b"PK\x01\x02")
+    disk = DiskTier(tmp_path, 1 << 20)
+    try:
+        save_index(disk, "k.index.json", table)
+        again = load_index(disk, "k.index.json")
+    finally:
+        disk.close()
+    assert again is not None and again.cd_start == table.cd_start
+    assert build_tree([Entry(name="x", kind="file", size=1, mtime_ns=0, mode=0o444)])[0].cd_start is None
+
+
+def test_opening_an_archive_through_the_block_cache_costs_one_request(tmp_path: Path):
+    path = tmp_path / "a.zip"
+    path.write_bytes(zip_of(300, 1000))
+    stats = Stats()
+    source, inner = Source.for_url(str(path), StorageOptions(timeout=5, retries=0), stats)
+    cache = BlockCache(8 << 20, None, stats)
+    try:
+        archive = Archive.open(CachedObject(source, source.stat(inner), cache), None)
+        assert len(archive.entries) == 300
+        assert stats.counters["requests"] == 1
+    finally:
+        cache.close()

@@ -18,9 +18,9 @@ import bisect
 import hashlib
 import logging
 import os
-import struct
 import threading
 import zipfile
+from collections.abc import Mapping
 
 from ..cache import DiskTier
 from ..errors import ArchiveError, MemberEncrypted, MemberUnsupported
@@ -28,7 +28,7 @@ from .decompress import crc32, member_chunks
 from .index.central import read_central_directory
 from .index.naming import build_tree
 from .index.store import load_index, save_index
-from .index.table import Entry
+from .index.table import Entry, EntryTable
 from .members import (
     LOCAL_HEADER,
     WHOLE_MEMBER_MAX,
@@ -37,7 +37,7 @@ from .members import (
     StoredReader,
 )
 from .readahead import Prefetcher
-from .remote import CachedObject, RemoteFile
+from .remote import CachedObject
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ SYMLINK_MAX = 4096
 class Archive:
     """The index of one archive version plus member reads."""
 
-    def __init__(self, cached: CachedObject, entries: dict[str, Entry],
-                 children: dict[str, list[str]], disk: DiskTier | None) -> None:
+    def __init__(self, cached: CachedObject, entries: EntryTable,
+                 children: Mapping[str, list[str]], disk: DiskTier | None) -> None:
         self.cached = cached
         self.entries = entries
         self.children = children
@@ -69,8 +69,6 @@ class Archive:
         self._spills_checked: set[str] = set()  # spill files known good in this process
         self._spills_failed: set[str] = set()  # could not be written: stream instead
         self._header_offsets: list[int] | None = None
-        self._cd_start: int | None = None
-        self._cd_looked_for = False
         self._lock = threading.Lock()
 
     # -- opening --------------------------------------------------------------------------------
@@ -81,9 +79,7 @@ class Archive:
         index_name = f"{cached.key}.index.json"
         entries = load_index(disk, index_name) if disk is not None else None
         if entries is None:
-            size = cached.obj.size
-            cached.read(max(0, size - 65536 - 22), size)  # the end records: one request
-            entries = read_central_directory(RemoteFile(cached), size, cached.obj.path)
+            entries = read_central_directory(cached.read, cached.obj.size, cached.obj.path)
             if disk is not None:
                 save_index(disk, index_name, entries)
         by_name, children = build_tree(entries)
@@ -134,28 +130,7 @@ class Archive:
         i = bisect.bisect_right(offsets, entry.header_offset)
         if i < len(offsets):
             return offsets[i]
-        if not self._cd_looked_for:
-            self._cd_start = self._find_cd_start()
-            self._cd_looked_for = True
-        return self._cd_start
-
-    def _find_cd_start(self) -> int | None:
-        """Where the central directory starts: its end record's position minus its size (as
-        zipfile computes it, so that data prepended to the archive is allowed for)."""
-        size = self.cached.obj.size
-        base = max(0, size - 65536 - 22)
-        tail = self.cached.read(base, size)
-        at = tail.rfind(b"PK\x05\x06")
-        if at < 0 or at + 22 > len(tail):
-            return None
-        cd_size = struct.unpack_from("<I", tail, at + 12)[0]
-        end_record = base + at
-        if at >= 76 and tail[at - 20: at - 16] == b"PK\x06\x07" \
-                and tail[at - 76: at - 72] == b"PK\x06\x06":  # zip64: its end record
-            cd_size = struct.unpack_from("<Q", tail, at - 76 + 40)[0]
-            end_record = base + at - 76
-        start = end_record - cd_size
-        return start if start >= 0 else None
+        return self.entries.cd_start
 
     def verify_stored(self, entry: Entry, start: int) -> None:
         """Check a small stored member's CRC-32 once (its whole range is one cached request)."""

@@ -36,7 +36,7 @@ def entries_of(records: Records, cd_start: int, archive: str) -> EntryTable:
     ``cd_start``; ``archive`` names it in logs)."""
     rows = _rows(records, cd_start, archive)
     del records  # before the table is built: the peak is one of the two, not both
-    return _build(rows, archive)
+    return _build(rows, archive, cd_start)
 
 
 def _rows(rec: Records, cd_start: int, archive: str) -> Rows:
@@ -235,7 +235,7 @@ def build_tree(entries: Iterable[Entry] | EntryTable, archive: str = ""
     return table, table.children
 
 
-def _build(rows: Rows, archive: str) -> EntryTable:
+def _build(rows: Rows, archive: str, cd_start: int | None = None) -> EntryTable:
     """The table of ``rows``: implied directories added, duplicate names numbered."""
     where = f"{archive}: " if archive else ""
     names, kinds = rows.names, rows.kinds
@@ -285,4 +285,4 @@ def _build(rows: Rows, archive: str) -> EntryTable:
         log.warning("%sarchive has %d more duplicate names, each shown as 'name (n)'", where,
                     renamed_count - _SHOWN_MAX)
     del taken, last, dirs, next_number  # before the table is built
-    return rows.table(kept)
+    return rows.table(kept, cd_start)

@@ -61,10 +61,13 @@ class EntryTable(Mapping[str, Entry]):
 
     ``sorted_keys``, ``kinds``, ``columns`` (in :data:`FIELDS` order) and ``targets`` (row -> symlink
     target) are the table's storage, read by :mod:`.store`; treat them as read-only.
+    ``cd_start``: where the archive's central directory starts (no member's data runs past it);
+    None for a table not read from an archive.
     """
 
     def __init__(self, keys: list[str], kinds: bytes, columns: list[array],
-                 targets: dict[int, str]) -> None:
+                 targets: dict[int, str], cd_start: int | None = None) -> None:
+        self.cd_start = cd_start
         self.sorted_keys = keys
         self.kinds = kinds
         self.columns = columns
@@ -189,7 +192,7 @@ class Rows:
             self.targets[i] = target
         return i
 
-    def table(self, kept: list[int]) -> EntryTable:
+    def table(self, kept: list[int], cd_start: int | None) -> EntryTable:
         """The table of the rows ``kept`` (their names unique), sorted by path."""
         keys = [sort_key(self.names[i]) for i in kept]
         order = sorted(range(len(kept)), key=keys.__getitem__)
@@ -198,4 +201,4 @@ class Rows:
         del order
         columns = [array(col.typecode, map(col.__getitem__, source)) for col in self.columns]
         targets = {pos: self.targets[i] for pos, i in enumerate(source) if i in self.targets}
-        return EntryTable(keys, bytes(self.kinds[i] for i in source), columns, targets)
+        return EntryTable(keys, bytes(self.kinds[i] for i in source), columns, targets, cd_start)
