@@ -8,6 +8,7 @@ import logging
 import struct
 import time
 import tracemalloc
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -183,6 +184,43 @@ def test_utf8_without_the_flag_the_flag_and_the_unicode_path_field():
                            RawMember(b"caf\x82.txt", b"3", flags=0x800)]))  # invalid UTF-8
     assert "ünï.txt" in table and "flag-ö.txt" in table
     assert "caf\ufffd.txt" in table  # undecodable bytes never fail the archive
+
+
+MIXED_PATHS = ["Backslash \\", "\\", "C:\\Temp\\File", "\\\\server\\share\\file", "dir\\"]
+
+
+def zip_made_on(create_system: int, names: list[str], versions: int = 3) -> bytes:
+    """Like mount-zip's mixed-paths.zip: each name written ``versions`` times, by zipfile, as if
+    on the system ``create_system`` (3 unix, 0 MS-DOS; DOS attributes for DOS)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate names
+        for v in range(versions):
+            for name in names:
+                info = zipfile.ZipInfo(name, date_time=(2024, 5, 17, 12, 30, 42))
+                info.create_system = create_system
+                info.external_attr = 0o100644 << 16 if create_system == 3 else 0x20
+                zf.writestr(info, f"version {v} of {name!r}")
+    return buf.getvalue()
+
+
+def test_backslashes_in_names_from_unix_are_characters_and_every_entry_is_reachable():
+    table = index(zip_made_on(3, MIXED_PATHS))
+    expected = {f"{n}{s}" for n in MIXED_PATHS for s in ("", " (1)", " (2)")}
+    assert set(table) == expected, sorted(table)
+    assert set(table.children[""]) == expected
+    for name in MIXED_PATHS:  # the last version keeps the plain name
+        assert table[name].kind == "file" and table[name].size == len(f"version 2 of {name!r}")
+
+
+def test_backslashes_in_names_from_dos_or_windows_separate_directories():
+    table = index(zip_made_on(0, ["C:\\Temp\\File", "\\\\server\\share\\file", "dir\\", "a\\b/c"],
+                              versions=1))
+    assert sorted(table) == ["C:", "C:/Temp", "C:/Temp/File", "a", "a/b", "a/b/c", "dir", "server",
+                             "server/share", "server/share/file"]
+    assert table["dir"].kind == "dir" and table["C:/Temp/File"].kind == "file"
+    ntfs = index(zip_made_on(11, ["x\\y"], versions=1))
+    assert "x/y" in ntfs
 
 
 def test_undecodable_names_never_fail_the_archive():

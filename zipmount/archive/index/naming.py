@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 NAME_MAX = 255
 _LOCAL_HEADER_SIZE = 30
 _UNIX = 3
+# "Made by" systems whose names may use backslashes as separators: MS-DOS (FAT), OS/2 (HPFS),
+# Windows NTFS (10 in PKWARE's numbering, 11 in Info-ZIP's) and VFAT.
+_DOS_SYSTEMS = frozenset({0, 6, 10, 11, 14})
 _HARD_LINK = 0x800  # PKWARE: in the low (DOS) half of the external attributes
 _UNIX_TYPES = {stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK,
                stat.S_IFSOCK}
@@ -57,15 +60,16 @@ def _rows(rec: Records, cd_start: int, archive: str) -> Rows:
     for i, raw_name in enumerate(rec.raw_names):
         utf8 = rec.flags[i] & 0x800
         raw = raw_name.decode("utf-8", "replace") if utf8 else decode(raw_name, encoding)
-        name = clean_name(rec.unicode_path.get(i) or raw)
-        if name is None or i in overlapping:
-            continue
         # PKZIP writes "made by DOS" with a unix mode in the high half (as mount-zip reads it)
         unix = rec.create_system[i] == _UNIX or (
             rec.create_system[i] == 0 and stat.S_IFMT(rec.external_attr[i] >> 16) in _UNIX_TYPES)
+        dos = not unix and rec.create_system[i] in _DOS_SYSTEMS
+        name = clean_name(rec.unicode_path.get(i) or raw, backslash_separates=dos)
+        if name is None or i in overlapping:
+            continue
         mode = rec.external_attr[i] >> 16 if unix else 0
         fmt = stat.S_IFMT(mode)
-        is_dir = raw.endswith(("/", "\\")) or (unix and fmt == stat.S_IFDIR)
+        is_dir = raw.endswith(("/", "\\") if dos else "/") or (unix and fmt == stat.S_IFDIR)
         size = rec.file_size[i]
         if unix and not is_dir and fmt == stat.S_IFIFO and size:
             fmt = stat.S_IFREG  # Info-ZIP -FI stores what it read from the pipe
@@ -85,7 +89,7 @@ def _rows(rec: Records, cd_start: int, archive: str) -> Rows:
             rec.header_offset[i], rec.crc[i], rec.flags[i], rec.name_len[i], rec.extra_len[i], 1),
             target)
         if kind != DIR and unix and rec.external_attr[i] & _HARD_LINK and unix_data:
-            links[row] = clean_name(decode(unix_data, encoding)) or ""
+            links[row] = clean_name(decode(unix_data, encoding), backslash_separates=False) or ""
     if specials:
         _log_names(logging.INFO, f"{archive}: skipped {len(specials)} fifo, device or socket "
                    "entries", specials)
@@ -191,15 +195,17 @@ def _log_names(level: int, message: str, names: list[str]) -> None:
     log.log(level, "%s: %s%s", message, shown, more)
 
 
-def clean_name(name: str) -> str | None:
+def clean_name(name: str, *, backslash_separates: bool = True) -> str | None:
     """A safe relative path for an archive name: no ``..``, no absolute paths, no control chars.
 
-    Backslashes count as separators; ``.``/``..``/empty components are dropped (so the path can
-    never leave the mount); control characters become ``_``; components longer than NAME_MAX bytes
-    are shortened with a hash suffix so that they stay unique and reachable.
+    ``backslash_separates``: backslashes count as separators (names written on DOS or Windows);
+    otherwise a backslash is an ordinary character, as on unix. ``.``/``..``/empty components
+    are dropped (so the path can never leave the mount); control characters become ``_``;
+    components longer than NAME_MAX bytes are shortened with a hash suffix so that they stay
+    unique and reachable.
     """
     parts = []
-    for part in name.replace("\\", "/").split("/"):
+    for part in (name.replace("\\", "/") if backslash_separates else name).split("/"):
         if part in ("", ".", ".."):
             continue
         part = "".join("_" if ord(c) < 32 or ord(c) == 127 else c for c in part)
