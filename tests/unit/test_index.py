@@ -480,3 +480,16 @@ def test_opening_an_archive_through_the_block_cache_costs_one_request(tmp_path: 
         assert stats.counters["requests"] == 1
     finally:
         cache.close()
+
+
+@pytest.mark.parametrize("name_len", [10, 40, 200])
+def test_the_table_knows_its_size_in_memory(name_len):
+    data = zip_of(3_000, 0, name_len=name_len)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    table = index(data)
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    print(f"{name_len}-character names: {held / len(table):.0f} B/entry measured, "
+          f"{table.memory_bytes() / len(table):.0f} estimated")
+    assert 0.85 * held <= table.memory_bytes() <= 1.15 * held

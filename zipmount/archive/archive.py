@@ -44,6 +44,12 @@ log = logging.getLogger(__name__)
 SUPPORTED_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 _LOCAL_SLACK = 512  # local extra fields are often a little longer than the central ones
 SYMLINK_MAX = 4096
+# Estimated bytes (tracemalloc, tests/test_bounds.py) of an open archive beyond its entry table:
+_ARCHIVE_BYTES = 4096  # the object, its cached object, prefetcher, locks and empty dicts
+_DIR_BYTES = 64  # a directory's st_nlink count: an int and a dict slot, beyond its name
+_OFFSET_BYTES = 64  # a member's data offset: an int and a dict slot, beyond its name
+_REMEMBERED_BYTES = 32  # a member in a set or dict besides (its name shared with the offsets)
+_SPILL_BYTES = 256  # a spill file's name, lock and set slots
 
 
 class Archive:
@@ -84,6 +90,18 @@ class Archive:
                 save_index(disk, index_name, entries)
         by_name, children = build_tree(entries)
         return cls(cached, by_name, children, disk)
+
+    def memory_bytes(self) -> int:
+        """What this archive holds in memory, estimated: its index and what its member reads
+        remembered (charged to the engine's cap on loaded indexes, zipmount/tree/indexes.py)."""
+        name = self.entries.name_bytes()
+        spills = len(self._spill_locks) + len(self._spills_checked) + len(self._spills_failed)
+        offsets = self._header_offsets
+        return (_ARCHIVE_BYTES + self.entries.memory_bytes()
+                + len(self.subdirs) * (_DIR_BYTES + name)
+                + len(self._data_offsets) * (_OFFSET_BYTES + name)
+                + (len(self._verified) + len(self._corrupt)) * _REMEMBERED_BYTES
+                + spills * _SPILL_BYTES + (len(offsets) * 40 if offsets else 0))
 
     # -- member reads ---------------------------------------------------------------------------
 
