@@ -101,7 +101,6 @@ def hostile_archives() -> dict[str, bytes]:
         (b"../../etc/passwd", b"not the real passwd\n"),
         (b"/abs/file.txt", b"absolute\n"),
         (b"a/../../b.txt", b"dotdot\n"),
-        (b"back\\slash\\file.txt", b"backslash\n"),
         (b"nul\x00hidden.txt", b"nul\n"),
         (b"ctl\x01\x1b[31m\x7f.txt", b"control\n"),
         (b"L" * 4096, b"long component\n"),
@@ -115,7 +114,8 @@ def hostile_archives() -> dict[str, bytes]:
         (b"./dot/./x.txt", b"dot\n"),
         (b"///", b"nothing\n"),
         (b"..", b"nothing\n"),
-    ]])
+    ]] + [RawMember(b"back\\slash\\file.txt", b"backslash\n", create_system=0,  # DOS: a separator
+                    external_attr=0x20)])
     a["links.zip"] = raw_zip([
         *[RawMember(k.encode(), v.encode(), external_attr=S_LINK) for k, v in LINKS.items()],
         RawMember(b"hello.txt", b"hello\n"),

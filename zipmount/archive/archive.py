@@ -18,9 +18,9 @@ import bisect
 import hashlib
 import logging
 import os
-import struct
 import threading
 import zipfile
+from collections.abc import Mapping
 
 from ..cache import DiskTier
 from ..errors import ArchiveError, MemberEncrypted, MemberUnsupported
@@ -28,7 +28,7 @@ from .decompress import crc32, member_chunks
 from .index.central import read_central_directory
 from .index.naming import build_tree
 from .index.store import load_index, save_index
-from .index.table import Entry
+from .index.table import Entry, EntryTable
 from .members import (
     LOCAL_HEADER,
     WHOLE_MEMBER_MAX,
@@ -37,20 +37,26 @@ from .members import (
     StoredReader,
 )
 from .readahead import Prefetcher
-from .remote import CachedObject, RemoteFile
+from .remote import CachedObject
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 _LOCAL_SLACK = 512  # local extra fields are often a little longer than the central ones
 SYMLINK_MAX = 4096
+# Estimated bytes (tracemalloc, tests/test_bounds.py) of an open archive beyond its entry table:
+_ARCHIVE_BYTES = 4096  # the object, its cached object, prefetcher, locks and empty dicts
+_DIR_BYTES = 64  # a directory's st_nlink count: an int and a dict slot, beyond its name
+_OFFSET_BYTES = 64  # a member's data offset: an int and a dict slot, beyond its name
+_REMEMBERED_BYTES = 32  # a member in a set or dict besides (its name shared with the offsets)
+_SPILL_BYTES = 256  # a spill file's name, lock and set slots
 
 
 class Archive:
     """The index of one archive version plus member reads."""
 
-    def __init__(self, cached: CachedObject, entries: dict[str, Entry],
-                 children: dict[str, list[str]], disk: DiskTier | None) -> None:
+    def __init__(self, cached: CachedObject, entries: EntryTable,
+                 children: Mapping[str, list[str]], disk: DiskTier | None) -> None:
         self.cached = cached
         self.entries = entries
         self.children = children
@@ -69,8 +75,6 @@ class Archive:
         self._spills_checked: set[str] = set()  # spill files known good in this process
         self._spills_failed: set[str] = set()  # could not be written: stream instead
         self._header_offsets: list[int] | None = None
-        self._cd_start: int | None = None
-        self._cd_looked_for = False
         self._lock = threading.Lock()
 
     # -- opening --------------------------------------------------------------------------------
@@ -81,13 +85,23 @@ class Archive:
         index_name = f"{cached.key}.index.json"
         entries = load_index(disk, index_name) if disk is not None else None
         if entries is None:
-            size = cached.obj.size
-            cached.read(max(0, size - 65536 - 22), size)  # the end records: one request
-            entries = read_central_directory(RemoteFile(cached), size, cached.obj.path)
+            entries = read_central_directory(cached.read, cached.obj.size, cached.obj.path)
             if disk is not None:
                 save_index(disk, index_name, entries)
         by_name, children = build_tree(entries)
         return cls(cached, by_name, children, disk)
+
+    def memory_bytes(self) -> int:
+        """What this archive holds in memory, estimated: its index and what its member reads
+        remembered (charged to the engine's cap on loaded indexes, zipmount/tree/indexes.py)."""
+        name = self.entries.name_bytes()
+        spills = len(self._spill_locks) + len(self._spills_checked) + len(self._spills_failed)
+        offsets = self._header_offsets
+        return (_ARCHIVE_BYTES + self.entries.memory_bytes()
+                + len(self.subdirs) * (_DIR_BYTES + name)
+                + len(self._data_offsets) * (_OFFSET_BYTES + name)
+                + (len(self._verified) + len(self._corrupt)) * _REMEMBERED_BYTES
+                + spills * _SPILL_BYTES + (len(offsets) * 40 if offsets else 0))
 
     # -- member reads ---------------------------------------------------------------------------
 
@@ -134,28 +148,7 @@ class Archive:
         i = bisect.bisect_right(offsets, entry.header_offset)
         if i < len(offsets):
             return offsets[i]
-        if not self._cd_looked_for:
-            self._cd_start = self._find_cd_start()
-            self._cd_looked_for = True
-        return self._cd_start
-
-    def _find_cd_start(self) -> int | None:
-        """Where the central directory starts: its end record's position minus its size (as
-        zipfile computes it, so that data prepended to the archive is allowed for)."""
-        size = self.cached.obj.size
-        base = max(0, size - 65536 - 22)
-        tail = self.cached.read(base, size)
-        at = tail.rfind(b"PK\x05\x06")
-        if at < 0 or at + 22 > len(tail):
-            return None
-        cd_size = struct.unpack_from("<I", tail, at + 12)[0]
-        end_record = base + at
-        if at >= 76 and tail[at - 20: at - 16] == b"PK\x06\x07" \
-                and tail[at - 76: at - 72] == b"PK\x06\x06":  # zip64: its end record
-            cd_size = struct.unpack_from("<Q", tail, at - 76 + 40)[0]
-            end_record = base + at - 76
-        start = end_record - cd_size
-        return start if start >= 0 else None
+        return self.entries.cd_start
 
     def verify_stored(self, entry: Entry, start: int) -> None:
         """Check a small stored member's CRC-32 once (its whole range is one cached request)."""

@@ -111,7 +111,7 @@ class ArchiveSlot:
                 archive = opened = self._open(strict)
         # Outside the slot's lock: the LRU may drop other slots' indexes.
         if opened is not None:
-            self.reach.indexes.loaded(self, len(opened.entries))
+            self.reach.indexes.loaded(self)
         elif archive is not None:
             self.reach.indexes.used_by(self)
         return archive
@@ -119,6 +119,11 @@ class ArchiveSlot:
     def drop_index(self) -> None:
         """Forget the loaded index (the LRU's call); open handles keep the one they have."""
         self._archive = None
+
+    def index_bytes(self) -> int:
+        """What the loaded archive holds in memory (the LRU's charge)."""
+        archive = self._archive
+        return archive.memory_bytes() if archive is not None else 0
 
     def _open(self, strict: bool) -> Archive | None:
         reach = self.reach

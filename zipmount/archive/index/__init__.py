@@ -15,7 +15,8 @@ What the index shows (documented in the README):
 
 - names: UTF-8 when flag 0x800 is set, the Info-ZIP Unicode Path field (0x7075) when its CRC
   matches, otherwise one code page per archive (:mod:`.names`); then cleaned
-  (:func:`.naming.clean_name`);
+  (:func:`.naming.clean_name`); a backslash separates directories only in entries made on
+  DOS or Windows (what Info-ZIP's unzip does), elsewhere it is a character of the name;
 - duplicates: the **last** entry of a name keeps it (what ``unzip -o`` leaves), earlier ones are
   ``name (1).ext``, ``name (2).ext`` ... in archive order; a file whose name is also a directory's
   is renamed the same way, the directory keeps the name; logged (the first five one by one);

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from array import array
-from typing import IO
+from collections.abc import Callable, Iterator
 
 from ...errors import ArchiveError
 from . import extra as extras
@@ -21,11 +21,15 @@ from .table import I64, EntryTable
 MAX_ENTRIES = 1_000_000
 # 46 fixed bytes per record plus 64 MiB of names, extra fields and comments for all of them.
 CD_MAX_BYTES = MAX_ENTRIES * 46 + 64 * 2**20
-_READ_PIECE = 1 << 20
+TAIL_MAX = 1 << 20
+_READ_PIECE = 4 << 20  # of a central directory bigger than the tail: one read up to this size
 _CENTRAL = struct.Struct("<4s4B4HL2L5H2L")
 _END = struct.Struct("<4s4H2LH")
 _END64 = struct.Struct("<4sQ2H2L4Q")
 _END64_LOCATOR = struct.Struct("<4sLQL")
+_TAIL_MIN = _END.size + 0xFFFF  # an end record followed by the longest comment
+
+Read = Callable[[int, int], bytes]  # the object's bytes from start to end
 
 
 class Records:
@@ -52,26 +56,53 @@ class Records:
         return len(self.raw_names)
 
 
-def read_central_directory(file: IO[bytes], size: int, name: str) -> EntryTable:
-    """Parse the central directory of the zip ``file`` (``size`` bytes, called ``name`` in
-    errors and logs) into the cleaned, resolved index."""
+def read_central_directory(read: Read, size: int, name: str) -> EntryTable:
+    """Parse the central directory of the zip whose bytes ``read(start, end)`` returns (``size``
+    bytes, called ``name`` in errors and logs) into the cleaned, resolved index.
+
+    One read of the object's tail (:func:`tail_length`) finds the end records and holds a small
+    central directory whole; a bigger one costs one more read (in pieces of
+    :data:`_READ_PIECE` beyond that, so that parsing it never holds it all).
+    """
     if size < _END.size:
         raise ArchiveError(f"{name}: not a zip archive ({size} bytes)")
-    start, cd_size, concat = _locate(file, size, name)
-    return entries_of(_records(file, start, cd_size, concat, name), start, name)
+    tail_start = size - tail_length(size)
+    tail = read(tail_start, size)
+    if len(tail) != size - tail_start:
+        raise ArchiveError(f"{name}: not a readable zip archive (short read of its end)")
+    start, cd_size, concat = _locate(read, tail, tail_start, name)
+    records = _records(_pieces(read, tail, tail_start, start, start + cd_size), cd_size, concat,
+                       name)
+    return entries_of(records, start, name)
 
 
-def _locate(file: IO[bytes], size: int, name: str) -> tuple[int, int, int]:
+def tail_length(size: int) -> int:
+    """How much of an object's end the first read takes: the furthest an end record can be
+    (a 64 KiB comment), or a thousandth of the object up to :data:`TAIL_MAX` if that is more;
+    a central directory of a hundred bytes per member per 100 KiB of data fits in it."""
+    return min(size, max(_TAIL_MIN, min(TAIL_MAX, size // 1024)))
+
+
+def _pieces(read: Read, tail: bytes, tail_start: int, start: int, end: int) -> Iterator[bytes]:
+    """The bytes from ``start`` to ``end``: what the tail holds, the rest read before it."""
+    at = start
+    while at < min(end, tail_start):
+        upto = min(end, tail_start, at + _READ_PIECE)
+        yield read(at, upto)
+        at = upto
+    if end > tail_start:
+        yield tail[max(start, tail_start) - tail_start: end - tail_start]
+
+
+def _locate(read: Read, tail: bytes, tail_start: int, name: str) -> tuple[int, int, int]:
     """Where the central directory starts, its size, and the bytes prepended to the archive
     (self-extractors: local header offsets are relative to the archive's own start)."""
-    tail_len = min(size, _END.size + 0xFFFF)
-    file.seek(size - tail_len)
-    tail = file.read(tail_len)
-    pos = tail.rfind(b"PK\x05\x06", 0, len(tail) - _END.size + 4)
+    size = tail_start + len(tail)
+    pos = tail.rfind(b"PK\x05\x06", max(0, len(tail) - _TAIL_MIN), len(tail) - _END.size + 4)
     if pos < 0:
         raise ArchiveError(f"{name}: not a zip archive (no end of central directory record)")
     _, _, _, _, count, cd_size, cd_offset, _ = _END.unpack_from(tail, pos)
-    end_at = size - tail_len + pos
+    end_at = tail_start + pos
     concat = end_at - cd_size - cd_offset
     if pos >= _END64_LOCATOR.size:
         sig, *_ = _END64_LOCATOR.unpack_from(tail, pos - _END64_LOCATOR.size)
@@ -80,8 +111,8 @@ def _locate(file: IO[bytes], size: int, name: str) -> tuple[int, int, int]:
             at = end_at - _END64_LOCATOR.size - _END64.size
             if at < 0:
                 raise ArchiveError(f"{name}: not a readable zip archive (truncated zip64 end record)")
-            file.seek(at)
-            record = file.read(_END64.size)
+            record = (tail[at - tail_start: at - tail_start + _END64.size] if at >= tail_start
+                      else read(at, at + _END64.size))
             if len(record) != _END64.size or record[:4] != b"PK\x06\x06":
                 raise ArchiveError(f"{name}: not a readable zip archive (bad zip64 end record)")
             *_, count, cd_size, cd_offset = _END64.unpack(record)
@@ -95,17 +126,16 @@ def _locate(file: IO[bytes], size: int, name: str) -> tuple[int, int, int]:
     return start, cd_size, concat
 
 
-def _records(file: IO[bytes], start: int, cd_size: int, concat: int, name: str) -> Records:
-    """The records of the central directory, read in pieces (peak memory: one piece plus the
-    reduced records)."""
+def _records(pieces: Iterator[bytes], cd_size: int, concat: int, name: str) -> Records:
+    """The records of the central directory, from its bytes in ``pieces`` (peak memory: one
+    piece plus the reduced records)."""
     out = Records()
-    file.seek(start)
     buf, pos, unread = b"", 0, cd_size
 
     def need(n: int) -> None:
         nonlocal buf, pos, unread
         while len(buf) - pos < n and unread > 0:
-            piece = file.read(min(unread, max(_READ_PIECE, n)))
+            piece = next(pieces, b"")
             if not piece:
                 break
             unread -= len(piece)

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 NAME_MAX = 255
 _LOCAL_HEADER_SIZE = 30
 _UNIX = 3
+# "Made by" systems whose names may use backslashes as separators: MS-DOS (FAT), OS/2 (HPFS),
+# Windows NTFS (10 in PKWARE's numbering, 11 in Info-ZIP's) and VFAT.
+_DOS_SYSTEMS = frozenset({0, 6, 10, 11, 14})
 _HARD_LINK = 0x800  # PKWARE: in the low (DOS) half of the external attributes
 _DOS_READ_ONLY = 0x01
 _UNIX_TYPES = {stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK,
@@ -37,7 +40,7 @@ def entries_of(records: Records, cd_start: int, archive: str) -> EntryTable:
     ``cd_start``; ``archive`` names it in logs)."""
     rows = _rows(records, cd_start, archive)
     del records  # before the table is built: the peak is one of the two, not both
-    return _build(rows, archive)
+    return _build(rows, archive, cd_start)
 
 
 def _rows(rec: Records, cd_start: int, archive: str) -> Rows:
@@ -58,15 +61,16 @@ def _rows(rec: Records, cd_start: int, archive: str) -> Rows:
     for i, raw_name in enumerate(rec.raw_names):
         utf8 = rec.flags[i] & 0x800
         raw = raw_name.decode("utf-8", "replace") if utf8 else decode(raw_name, encoding)
-        name = clean_name(rec.unicode_path.get(i) or raw)
-        if name is None or i in overlapping:
-            continue
         # PKZIP writes "made by DOS" with a unix mode in the high half (as mount-zip reads it)
         unix = rec.create_system[i] == _UNIX or (
             rec.create_system[i] == 0 and stat.S_IFMT(rec.external_attr[i] >> 16) in _UNIX_TYPES)
+        dos = not unix and rec.create_system[i] in _DOS_SYSTEMS
+        name = clean_name(rec.unicode_path.get(i) or raw, backslash_separates=dos)
+        if name is None or i in overlapping:
+            continue
         mode = rec.external_attr[i] >> 16 if unix else 0
         fmt = stat.S_IFMT(mode)
-        is_dir = raw.endswith(("/", "\\")) or (unix and fmt == stat.S_IFDIR)
+        is_dir = raw.endswith(("/", "\\") if dos else "/") or (unix and fmt == stat.S_IFDIR)
         size = rec.file_size[i]
         if unix and not is_dir and fmt == stat.S_IFIFO and size:
             fmt = stat.S_IFREG  # Info-ZIP -FI stores what it read from the pipe
@@ -86,7 +90,7 @@ def _rows(rec: Records, cd_start: int, archive: str) -> Rows:
             rec.header_offset[i], rec.crc[i], rec.flags[i], rec.name_len[i], rec.extra_len[i], 1),
             target)
         if kind != DIR and unix and rec.external_attr[i] & _HARD_LINK and unix_data:
-            links[row] = clean_name(decode(unix_data, encoding)) or ""
+            links[row] = clean_name(decode(unix_data, encoding), backslash_separates=False) or ""
     if specials:
         _log_names(logging.INFO, f"{archive}: skipped {len(specials)} fifo, device or socket "
                    "entries", specials)
@@ -202,15 +206,17 @@ def _log_names(level: int, message: str, names: list[str]) -> None:
     log.log(level, "%s: %s%s", message, shown, more)
 
 
-def clean_name(name: str) -> str | None:
+def clean_name(name: str, *, backslash_separates: bool = True) -> str | None:
     """A safe relative path for an archive name: no ``..``, no absolute paths, no control chars.
 
-    Backslashes count as separators; ``.``/``..``/empty components are dropped (so the path can
-    never leave the mount); control characters become ``_``; components longer than NAME_MAX bytes
-    are shortened with a hash suffix so that they stay unique and reachable.
+    ``backslash_separates``: backslashes count as separators (names written on DOS or Windows);
+    otherwise a backslash is an ordinary character, as on unix. ``.``/``..``/empty components
+    are dropped (so the path can never leave the mount); control characters become ``_``;
+    components longer than NAME_MAX bytes are shortened with a hash suffix so that they stay
+    unique and reachable.
     """
     parts = []
-    for part in name.replace("\\", "/").split("/"):
+    for part in (name.replace("\\", "/") if backslash_separates else name).split("/"):
         if part in ("", ".", ".."):
             continue
         part = "".join("_" if ord(c) < 32 or ord(c) == 127 else c for c in part)
@@ -246,7 +252,7 @@ def build_tree(entries: Iterable[Entry] | EntryTable, archive: str = ""
     return table, table.children
 
 
-def _build(rows: Rows, archive: str) -> EntryTable:
+def _build(rows: Rows, archive: str, cd_start: int | None = None) -> EntryTable:
     """The table of ``rows``: implied directories added, duplicate names numbered."""
     where = f"{archive}: " if archive else ""
     names, kinds = rows.names, rows.kinds
@@ -296,4 +302,4 @@ def _build(rows: Rows, archive: str) -> EntryTable:
         log.warning("%sarchive has %d more duplicate names, each shown as 'name (n)'", where,
                     renamed_count - _SHOWN_MAX)
     del taken, last, dirs, next_number  # before the table is built
-    return rows.table(kept)
+    return rows.table(kept, cd_start)

@@ -18,7 +18,7 @@ from .table import CODES, FIELDS, LINK, Entry, EntryTable
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 4  # 4: permission bits as stored
+INDEX_VERSION = 5  # 4: permission bits as stored; 5: the central directory's start
 
 
 def load_index(disk: DiskTier, name: str) -> EntryTable | None:
@@ -51,7 +51,7 @@ def _to_doc(table: EntryTable) -> dict[str, Any]:
     return {"version": INDEX_VERSION, "byteorder": sys.byteorder, "keys": table.sorted_keys,
             "kinds": base64.b64encode(table.kinds).decode(),
             "columns": {name: base64.b64encode(col.tobytes()).decode() for name, col in columns},
-            "targets": {str(i): t for i, t in table.targets.items()}}
+            "targets": {str(i): t for i, t in table.targets.items()}, "cd_start": table.cd_start}
 
 
 def _from_doc(doc: dict[str, Any]) -> EntryTable:
@@ -68,4 +68,8 @@ def _from_doc(doc: dict[str, Any]) -> EntryTable:
         raise ValueError("columns of different lengths")
     if not all(isinstance(k, str) for k in keys) or any(k > LINK for k in kinds):
         raise ValueError("bad keys or kinds")
-    return EntryTable(keys, kinds, columns, {int(i): str(t) for i, t in doc["targets"].items()})
+    cd_start = doc["cd_start"]
+    if cd_start is not None and not isinstance(cd_start, int):
+        raise ValueError("bad cd_start")
+    return EntryTable(keys, kinds, columns, {int(i): str(t) for i, t in doc["targets"].items()},
+                      cd_start)

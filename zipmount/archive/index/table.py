@@ -4,6 +4,7 @@ columns (pure: no I/O)."""
 from __future__ import annotations
 
 import bisect
+import sys
 from array import array
 from collections.abc import ItemsView, Iterable, Iterator, Mapping, ValuesView
 from typing import NamedTuple
@@ -40,6 +41,10 @@ I64 = (-(2**63), 2**63 - 1)
 KINDS = ("file", "dir", "link")
 FILE, DIR, LINK = range(3)
 DROPPED = 0xFF  # a row's kind when it is left out of the table
+# Bytes of one row beyond its key string: its pointer in the key list, its kind and its columns
+# (plus what growing arrays keep spare, about an eighth).
+_ROW_BYTES = 8 + 1 + sum(array(code).itemsize for code in CODES) * 9 // 8
+_TARGET_BYTES = 120  # a symlink target kept in a dict: the slot, an int, the string's header
 _new_tuple = tuple.__new__
 
 
@@ -61,15 +66,30 @@ class EntryTable(Mapping[str, Entry]):
 
     ``sorted_keys``, ``kinds``, ``columns`` (in :data:`FIELDS` order) and ``targets`` (row -> symlink
     target) are the table's storage, read by :mod:`.store`; treat them as read-only.
+    ``cd_start``: where the archive's central directory starts (no member's data runs past it);
+    None for a table not read from an archive.
     """
 
     def __init__(self, keys: list[str], kinds: bytes, columns: list[array],
-                 targets: dict[int, str]) -> None:
+                 targets: dict[int, str], cd_start: int | None = None) -> None:
+        self.cd_start = cd_start
         self.sorted_keys = keys
         self.kinds = kinds
         self.columns = columns
         self.targets = targets
         self.children = Children(self)
+        self._key_bytes = sum(map(sys.getsizeof, keys))
+        self._target_bytes = sum(_TARGET_BYTES + len(t) for t in targets.values())
+
+    def memory_bytes(self) -> int:
+        """The table's size in memory: its keys, columns and targets (measured within a few
+        percent, tests/unit/test_index.py)."""
+        return self._key_bytes + len(self.sorted_keys) * _ROW_BYTES + self._target_bytes
+
+    def name_bytes(self) -> int:
+        """The mean size of an entry's name as a Python string: what remembering a member by
+        its name costs."""
+        return self._key_bytes // len(self.sorted_keys) if self.sorted_keys else sys.getsizeof("")
 
     def _index(self, name: str) -> int:
         key = sort_key(name)
@@ -189,7 +209,7 @@ class Rows:
             self.targets[i] = target
         return i
 
-    def table(self, kept: list[int]) -> EntryTable:
+    def table(self, kept: list[int], cd_start: int | None) -> EntryTable:
         """The table of the rows ``kept`` (their names unique), sorted by path."""
         keys = [sort_key(self.names[i]) for i in kept]
         order = sorted(range(len(kept)), key=keys.__getitem__)
@@ -198,4 +218,4 @@ class Rows:
         del order
         columns = [array(col.typecode, map(col.__getitem__, source)) for col in self.columns]
         targets = {pos: self.targets[i] for pos, i in enumerate(source) if i in self.targets}
-        return EntryTable(keys, bytes(self.kinds[i] for i in source), columns, targets)
+        return EntryTable(keys, bytes(self.kinds[i] for i in source), columns, targets, cd_start)
