@@ -15,6 +15,7 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .archive import Decoding
 from .cache import BlockCache, DiskTier
 from .config import CacheConfig
 from .errors import ZipmountError
@@ -78,6 +79,7 @@ class Engine:
         self.cache = BlockCache(cache.memory, self._open_disk(cache), self.stats,
                                 timeout=storage.timeout)
         self.indexes = IndexLRU(cache.index_memory)
+        self.decoding = Decoding()  # checkpoints and parked streams, for every archive served
         self.trees: weakref.WeakSet[Tree] = weakref.WeakSet()  # for the gauges; owners hold them
         self.stats.providers.append(self.gauges)
 
@@ -104,8 +106,9 @@ class Engine:
     def tree_for(self, source: Source, path: str, *, suffixes: tuple[str, ...] = DEFAULT_SUFFIXES,
                  root: str | None = None, ttl: float | None = None) -> Tree:
         """The tree of ``path`` in ``source``, checked now (``ttl``: default the config's)."""
-        tree = open_tree(Reach(source, self.cache, self.stats, self.indexes), path, suffixes=suffixes,
-                         root=root, ttl=self.settings.ttl if ttl is None else ttl)
+        reach = Reach(source, self.cache, self.stats, self.indexes, self.decoding)
+        tree = open_tree(reach, path, suffixes=suffixes, root=root,
+                         ttl=self.settings.ttl if ttl is None else ttl)
         self.trees.add(tree)
         return tree
 

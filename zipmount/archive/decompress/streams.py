@@ -12,7 +12,7 @@ order, restarted at every backward step). Here:
 - **Bounded per handle.** A :class:`MemberStream` (one per open file) holds one decoder and a
   *window* of the last WINDOW bytes it produced (plus the read in progress), so the kernel's
   slightly out-of-order readahead READs on one handle are served from the window. A closed
-  handle *parks* its stream (:class:`StreamPark`, PARKED_MAX streams per daemon) for the
+  handle *parks* its stream (:class:`~.park.StreamPark`, a few streams per engine) for the
   member's next handle: open-read-close loops go on where the last handle stopped.
 - **Checkpoints (deflate, :mod:`.checkpoints`).** A stream starts from the member's checkpoint
   nearest before the offset it wants, so a random read costs at most ``spacing`` bytes of
@@ -31,74 +31,40 @@ order, restarted at every backward step). Here:
 
 from __future__ import annotations
 
-import threading
 import zipfile
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ...errors import ArchiveError
-from ..readahead import Prefetcher
-from .checkpoints import (
-    CHECKPOINT_EVERY,
-    CHECKPOINTS,
-    CHECKPOINTS_PER_MEMBER,
-    Checkpoint,
-    CheckpointStore,
-)
+from ..readahead import Prefetcher, readahead_max
+from .checkpoints import CHECKPOINT_EVERY, CHECKPOINTS_PER_MEMBER, Checkpoint, CheckpointStore
 from .decoders import CORRUPT_DATA, crc32, make_decoder
 
 if TYPE_CHECKING:
-    from ..index import Entry
-    from ..remote import CachedObject
+    from ..view import MemberView
+    from .park import StreamPark
 
 PIECE = 256 * 1024  # output per decompress() call
 INPUT_PIECE = 64 * 1024  # compressed input per cache read (one block)
 WINDOW = 2 * 1024 * 1024  # recent output kept per handle (the kernel's readahead reorders ~1.5 MiB)
-PARKED_MAX = 4  # streams of closed handles kept for the next handle of their member
-
-
-class StreamPark:
-    """Streams of closed handles, each kept for the next handle of its member (LRU, at most
-    ``slots`` in all): a program that opens, reads and closes again and again goes on where the
-    last handle stopped instead of decompressing its way there anew."""
-
-    def __init__(self, slots: int = PARKED_MAX) -> None:
-        self.slots = slots
-        self._streams: OrderedDict[str, tuple[Stream, deque[tuple[int, bytes]], int]] = \
-            OrderedDict()
-        self._lock = threading.Lock()
-
-    def park(self, member: str, state: tuple[Stream, deque[tuple[int, bytes]], int]) -> None:
-        with self._lock:
-            self._streams[member] = state
-            self._streams.move_to_end(member)
-            while len(self._streams) > self.slots:
-                self._streams.popitem(last=False)
-
-    def take(self, member: str) -> tuple[Stream, deque[tuple[int, bytes]], int] | None:
-        with self._lock:
-            return self._streams.pop(member, None)
-
-
-PARKED = StreamPark()
 
 
 class Stream:
-    """Decompresses one member forward from its start or from a checkpoint."""
+    """Decompresses one member forward from its start or from a checkpoint (``checkpoints``:
+    where this stream records its own and finds the next one; None: none recorded)."""
 
-    def __init__(self, cached: CachedObject, entry: Entry, data_start: int,
-                 checkpoints: CheckpointStore | None, member: str,
+    def __init__(self, view: MemberView, checkpoints: CheckpointStore | None,
                  start: Checkpoint | None = None) -> None:
-        self.cached = cached
-        self.entry = entry
-        self.data_end = data_start + entry.compress_size
+        self.cached = cached = view.cached
+        self.entry = entry = view.entry
+        self.data_end = view.data_end
         self.checkpoints = checkpoints
-        self.member = member
-        self.prefetcher = Prefetcher(cached)
+        self.member = member = view.version
+        self.prefetcher = Prefetcher(cached, readahead_max(cached.cache.memory.capacity))
         if start is None:
             self.decoder = make_decoder(entry)
-            self.in_pos, self.out_pos, self.crc = data_start, 0, 0
+            self.in_pos, self.out_pos, self.crc = view.data_start, 0, 0
         else:
             decoder = start.decoder.copy()  # the checkpoint itself stays as it was
             assert decoder is not None
@@ -136,7 +102,7 @@ class Stream:
                         self.prefetcher.observe(self.in_pos, end, self.data_end)
                     elif self.in_pos == self.started_in:
                         self.cached.prefetch(self.in_pos, min(self.known_until, self.data_end,
-                                                              self.in_pos + self.cached.readahead_max))
+                                                              self.in_pos + self.prefetcher.window_max))
                     data = self.cached.read(self.in_pos, end)
                     if not data:
                         raise self._fail("member data runs past the end of the archive")
@@ -166,9 +132,9 @@ class Stream:
         return out
 
 
-def member_chunks(cached: CachedObject, entry: Entry, data_start: int) -> Iterator[bytes]:
+def member_chunks(view: MemberView) -> Iterator[bytes]:
     """The whole member, decompressed and checked, in pieces of at most PIECE bytes."""
-    stream = Stream(cached, entry, data_start, None, "")
+    stream = Stream(view, None)
     while piece := stream.decode():
         yield piece
 
@@ -180,13 +146,11 @@ class MemberStream:
     checkpoints when that is shorter than decompressing forward from where it is.
     """
 
-    def __init__(self, cached: CachedObject, entry: Entry, data_start: int, member: str,
-                 checkpoints: CheckpointStore | None = CHECKPOINTS,
-                 park: StreamPark | None = PARKED) -> None:
-        self.cached = cached
-        self.entry = entry
-        self.data_start = data_start
-        self.member = member
+    def __init__(self, view: MemberView, checkpoints: CheckpointStore | None,
+                 park: StreamPark | None) -> None:
+        self.view = view
+        self.entry = view.entry
+        self.member = member = view.version
         self.checkpoints = checkpoints
         self.park = park
         self.stream: Stream | None = None
@@ -236,8 +200,7 @@ class MemberStream:
             return  # in the window, or not far enough ahead for a checkpoint to save work
         self.window = deque()
         self.window_bytes = 0
-        self.stream = Stream(self.cached, self.entry, self.data_start, self.checkpoints,
-                             self.member, ckpt)
+        self.stream = Stream(self.view, self.checkpoints, ckpt)
 
     def _remember(self, start: int, piece: bytes, keep_from: int) -> None:
         self.window.append((start, piece))
