@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .archive import Decoding
+from .archive.decompress import DECODER_MEMORY, DecoderBudget
 from .cache import BlockCache, DiskTier
 from .config import CacheConfig
 from .errors import ZipmountError
@@ -79,7 +80,8 @@ class Engine:
         self.cache = BlockCache(cache.memory, self._open_disk(cache), self.stats,
                                 timeout=storage.timeout)
         self.indexes = IndexLRU(cache.index_memory)
-        self.decoding = Decoding()  # checkpoints and parked streams, for every archive served
+        # Checkpoints, parked streams and decoder memory, shared by every archive served.
+        self.decoding = Decoding(budget=DecoderBudget(DECODER_MEMORY, storage.timeout))
         self.trees: weakref.WeakSet[Tree] = weakref.WeakSet()  # for the gauges; owners hold them
         self.stats.providers.append(self.gauges)
 
@@ -130,10 +132,12 @@ class Engine:
             "disk_cache_capacity": disk.capacity if disk else 0,
             "open_archives": sum(t.open_archives() for t in list(self.trees)),
             "index_memory_bytes": self.indexes.used,
+            "decoder_memory_bytes": self.decoding.budget.used,
         }
 
     def close(self) -> None:
         self.cache.close()
+        self.decoding.close()
 
 
 def _shared_key(cache_dir: str | None) -> str | None:

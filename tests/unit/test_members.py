@@ -25,6 +25,7 @@ import pytest
 from robust.zips import RawMember, raw_zip
 
 from zipmount.archive import Archive, CachedObject, Decoding
+from zipmount.archive.decompress import DecoderBudget
 from zipmount.archive.decompress import checkpoints as ck
 from zipmount.archive.decompress import streams as st
 from zipmount.archive.layout import WHOLE_MEMBER_MAX
@@ -303,11 +304,61 @@ def test_checkpoints_stay_within_their_budget(workdir):
                 ) as archive:
         for name in ("a", "b"):
             entry = archive.entries[name]
-            stream = st.MemberStream(archive.view(entry), store, None)
+            stream = st.MemberStream(archive.view(entry), store, None, DecoderBudget())
             assert stream.read(len(plain) - 10, 10) == plain[-10:]
             assert store.used <= store.budget
         assert store.nearest(archive.member_version(archive.entries["b"]), len(plain)) \
             is not None  # the most recent member is kept
+
+
+def lzma_member(name: str, plain: bytes, dict_size: int) -> RawMember:
+    """An LZMA member whose header asks for a ``dict_size`` dictionary (what the decoder takes)."""
+    c = lzma.LZMACompressor(lzma.FORMAT_RAW, filters=[
+        {"id": lzma.FILTER_LZMA1, "preset": 0, "dict_size": dict_size, "lc": 3, "lp": 0, "pb": 2}])
+    body = c.compress(plain) + c.flush()
+    head = struct.pack("<BBH", 9, 4, 5) + struct.pack("<BI", (2 * 5 + 0) * 9 + 3, dict_size)
+    return RawMember(name.encode(), plain, method=LZMA, payload=head + body)
+
+
+def test_many_open_lzma_handles_stay_within_one_decoder_budget(workdir):
+    # 12 handles of members that each need an 8 MiB dictionary (filled: every handle reads past
+    # it), all open at once, read in turns: without one budget they held ~12 x 10 MiB.
+    plains = [text(20 + i, 10 * MiB) for i in range(12)]
+    path = write_zip(workdir, [lzma_member(f"m{i}", p, 8 * MiB) for i, p in enumerate(plains)])
+    budget = DecoderBudget(capacity=24 * MiB)
+    with opened(path, decoding=Decoding(budget=budget)) as archive:
+        readers = [archive.reader(archive.entries[f"m{i}"]) for i in range(12)]
+        reset_peak_rss()
+        before = peak_rss()
+        try:
+            for offset in (9 * MiB, 9 * MiB + 300_000):
+                for plain, reader in zip(plains, readers, strict=True):
+                    assert reader.read(offset, 4096) == plain[offset: offset + 4096]
+                    assert budget.used <= budget.capacity
+        finally:
+            for reader in readers:
+                reader.close()
+        grew = peak_rss() - before
+        assert budget.peak <= budget.capacity
+    # The decoders, windows and parked streams are the budget; the slack is for the read
+    # buffers, the allocator and the block cache (32 MiB in this test).
+    assert grew < budget.capacity + 48 * MiB, f"grew {grew / MiB:.0f} MiB"
+
+
+def test_closed_handles_keep_no_more_than_the_budget_and_the_engine_frees_them(workdir):
+    plains = [text(40 + i, 12 * MiB) for i in range(6)]
+    path = write_zip(workdir, [lzma_member(f"m{i}", p, 8 * MiB) for i, p in enumerate(plains)])
+    decoding = Decoding(budget=DecoderBudget(capacity=24 * MiB))
+    with opened(path, decoding=decoding) as archive:
+        for i, plain in enumerate(plains):
+            reader = archive.reader(archive.entries[f"m{i}"])
+            assert reader.read(9 * MiB, 4096) == plain[9 * MiB: 9 * MiB + 4096]
+            reader.close()  # parked for the member's next handle, charged to the budget
+            assert decoding.budget.used <= decoding.budget.capacity
+        assert decoding.budget.used > 0
+        decoding.close()
+        assert decoding.budget.used == 0
+        assert decoding.park.take(archive.member_version(archive.entries["m5"])) is None
 
 
 # -- stored members -------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ class Archive:
         self.disk = disk
         # Shared with every archive of the engine; None (tools, tests): this archive's own.
         self.decoding = decoding if decoding is not None else Decoding()
-        self.spills = SpillFiles(disk) if disk is not None else None
+        self.spills = SpillFiles(disk, self.decoding.budget) if disk is not None else None
         self.prefetcher = Prefetcher(cached, readahead_max(cached.cache.memory.capacity))
         self.health = Health()
         self._data_offsets: dict[str, int] = {}

@@ -129,7 +129,7 @@ class CompressedReader(MemberReader):
     def __init__(self, view: MemberView, decoding: Decoding, spills: SpillFiles | None) -> None:
         super().__init__(view)
         entry = view.entry
-        self.stream = MemberStream(view, decoding.checkpoints, decoding.park)
+        self.stream = MemberStream(view, decoding.checkpoints, decoding.park, decoding.budget)
         self.spills = spills
         self.spillable = (entry.method in SPILL_METHODS and entry.size >= SPILL_MIN
                           and spills is not None)

@@ -13,6 +13,7 @@ from .decompress import crc32, member_chunks
 
 if TYPE_CHECKING:
     from ..cache import DiskTier
+    from .decompress import DecoderBudget
     from .index import Entry
     from .view import MemberView
 
@@ -22,8 +23,9 @@ log = logging.getLogger(__name__)
 class SpillFiles:
     """The spill files of one archive version, in the disk cache (shared by processes)."""
 
-    def __init__(self, disk: DiskTier) -> None:
+    def __init__(self, disk: DiskTier, budget: DecoderBudget) -> None:
         self.disk = disk
+        self.budget = budget
         self._locks: dict[str, threading.Lock] = {}
         self._checked: set[str] = set()  # spill files known good in this process
         self._failed: set[str] = set()  # could not be written: stream instead
@@ -61,7 +63,7 @@ class SpillFiles:
                 log.info("decompressing %s (%d bytes) into the disk cache for random access",
                          entry.name, entry.size)
                 try:
-                    self.disk.write(name, member_chunks(view), entry.size, overwrite=False)
+                    self.disk.write(name, member_chunks(view, self.budget), entry.size, overwrite=False)
                 except OSError as exc:
                     log.warning("cannot write the spill file of %s (%s): decompressing on "
                                 "each read instead", entry.name, exc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .budget import DecoderBudget
 from .checkpoints import CheckpointStore
 from .park import StreamPark
 
@@ -11,7 +12,14 @@ from .park import StreamPark
 @dataclass
 class Decoding:
     """Built once by the engine and handed to every archive it opens: the checkpoint store (its
-    budget covers every archive served) and the parked streams of closed handles."""
+    budget covers every archive served), the parked streams of closed handles and the budget
+    of decoder memory (decoders, windows, parked streams)."""
 
     checkpoints: CheckpointStore = field(default_factory=CheckpointStore)
     park: StreamPark = field(default_factory=StreamPark)
+    budget: DecoderBudget = field(default_factory=DecoderBudget)
+
+    def close(self) -> None:
+        """Free what closed handles left behind (the engine closes)."""
+        self.park.clear()
+        self.budget.clear()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .streams import Stream
+    from .streams import MemberStream
 
 PARKED_MAX = 4  # streams of closed handles kept for the next handle of their member
 
@@ -15,21 +15,37 @@ PARKED_MAX = 4  # streams of closed handles kept for the next handle of their me
 class StreamPark:
     """Streams of closed handles, each kept for the next handle of its member (LRU, at most
     ``slots`` in all): a program that opens, reads and closes again and again goes on where the
-    last handle stopped instead of decompressing its way there anew."""
+    last handle stopped instead of decompressing its way there anew. What they hold stays
+    charged to the decoder budget, which drops them first when it needs room."""
 
     def __init__(self, slots: int = PARKED_MAX) -> None:
         self.slots = slots
-        self._streams: OrderedDict[str, tuple[Stream, deque[tuple[int, bytes]], int]] = \
-            OrderedDict()
+        self._streams: OrderedDict[str, MemberStream] = OrderedDict()
         self._lock = threading.Lock()
 
-    def park(self, member: str, state: tuple[Stream, deque[tuple[int, bytes]], int]) -> None:
+    def park(self, member: str, stream: MemberStream) -> None:
         with self._lock:
-            self._streams[member] = state
-            self._streams.move_to_end(member)
+            replaced = self._streams.pop(member, None)
+            self._streams[member] = stream
+            overflow = [replaced] if replaced is not None else []
             while len(self._streams) > self.slots:
-                self._streams.popitem(last=False)
+                overflow.append(self._streams.popitem(last=False)[1])
+        for old in overflow:  # outside the lock: the budget takes its own
+            old.release()
 
-    def take(self, member: str) -> tuple[Stream, deque[tuple[int, bytes]], int] | None:
+    def take(self, member: str) -> MemberStream | None:
         with self._lock:
             return self._streams.pop(member, None)
+
+    def discard(self, member: str, stream: MemberStream) -> None:
+        """Forget ``stream`` (the budget dropped it)."""
+        with self._lock:
+            if self._streams.get(member) is stream:
+                del self._streams[member]
+
+    def clear(self) -> None:
+        with self._lock:
+            streams = list(self._streams.values())
+            self._streams.clear()
+        for stream in streams:
+            stream.release()

@@ -31,6 +31,7 @@ order, restarted at every backward step). Here:
 
 from __future__ import annotations
 
+import threading
 import zipfile
 from collections import deque
 from collections.abc import Iterator
@@ -39,10 +40,11 @@ from typing import TYPE_CHECKING
 from ...errors import ArchiveError
 from ..readahead import Prefetcher, readahead_max
 from .checkpoints import CHECKPOINT_EVERY, CHECKPOINTS_PER_MEMBER, Checkpoint, CheckpointStore
-from .decoders import CORRUPT_DATA, crc32, make_decoder
+from .decoders import CORRUPT_DATA, crc32, decoder_memory, make_decoder
 
 if TYPE_CHECKING:
     from ..view import MemberView
+    from .budget import DecoderBudget
     from .park import StreamPark
 
 PIECE = 256 * 1024  # output per decompress() call
@@ -132,33 +134,59 @@ class Stream:
         return out
 
 
-def member_chunks(view: MemberView) -> Iterator[bytes]:
+class _Pinned:
+    """A charge that cannot be dropped: a decode that runs to its end."""
+
+    parked = False
+
+    def try_drop(self) -> bool:
+        return False
+
+
+def member_chunks(view: MemberView, budget: DecoderBudget) -> Iterator[bytes]:
     """The whole member, decompressed and checked, in pieces of at most PIECE bytes."""
-    stream = Stream(view, None)
-    while piece := stream.decode():
-        yield piece
+    charge = _Pinned()
+    budget.charge(charge, decoder_memory(view.entry) + PIECE)
+    try:
+        stream = Stream(view, None)
+        while piece := stream.decode():
+            yield piece
+    finally:
+        budget.release(charge)
 
 
 class MemberStream:
     """Reads at any offset of one compressed member, for one open file handle.
 
     Holds one :class:`Stream` and the window of its recent output; moves by the member's
-    checkpoints when that is shorter than decompressing forward from where it is.
+    checkpoints when that is shorter than decompressing forward from where it is. What it holds
+    is charged to the engine's decoder budget (:mod:`.budget`), which may drop it while idle.
+    Its reads take turns (a stream has one position).
     """
 
     def __init__(self, view: MemberView, checkpoints: CheckpointStore | None,
-                 park: StreamPark | None) -> None:
+                 park: StreamPark | None, budget: DecoderBudget) -> None:
         self.view = view
-        self.entry = view.entry
+        self.entry = entry = view.entry
         self.member = member = view.version
         self.checkpoints = checkpoints
         self.park = park
+        self.budget = budget
+        self.cost = decoder_memory(entry) + min(entry.size, WINDOW) + min(entry.size, PIECE)
+        self.parked = False
         self.stream: Stream | None = None
         self.window: deque[tuple[int, bytes]] = deque()  # contiguous, ends at stream.out_pos
         self.window_bytes = 0
+        self._lock = threading.Lock()
         parked = park.take(member) if park is not None else None
         if parked is not None:
-            self.stream, self.window, self.window_bytes = parked
+            with parked._lock:  # the budget may be dropping it right now
+                self.stream, self.window, self.window_bytes = \
+                    parked.stream, parked.window, parked.window_bytes
+                parked._drop()
+            budget.release(parked)
+            if self.stream is not None:
+                budget.charge(self, self.cost)
 
     @property
     def window_start(self) -> int:
@@ -181,16 +209,20 @@ class MemberStream:
         end = min(offset + size, self.entry.size)
         if offset >= end:
             return b""
-        self._seek(offset)
-        assert self.stream is not None
-        try:
-            while self.stream.out_pos < end:
-                piece = self.stream.decode()
-                self._remember(self.stream.out_pos - len(piece), piece, keep_from=offset)
-        except ArchiveError:
-            self._drop()  # a broken stream is never continued, nor parked
-            raise
-        return self._from_window(offset, end)
+        with self._lock:
+            try:
+                self._seek(offset)
+                assert self.stream is not None
+                while self.stream.out_pos < end:
+                    piece = self.stream.decode()
+                    self._remember(self.stream.out_pos - len(piece), piece, keep_from=offset)
+                return self._from_window(offset, end)
+            except ArchiveError:
+                self._drop()  # a broken stream is never continued, nor parked
+                self.budget.release(self)
+                raise
+            finally:
+                self.budget.touch(self)
 
     def _seek(self, offset: int) -> None:
         """Put the stream where reading on to ``offset`` is cheapest."""
@@ -198,8 +230,9 @@ class MemberStream:
         ckpt = self.checkpoints.nearest(self.member, offset) if self.checkpoints else None
         if here and (ckpt is None or ckpt.out_pos <= self.position + PIECE):
             return  # in the window, or not far enough ahead for a checkpoint to save work
-        self.window = deque()
-        self.window_bytes = 0
+        self._drop()
+        if not here:  # a stream that was dropped (or never made) takes its charge again
+            self.budget.charge(self, self.cost)
         self.stream = Stream(self.view, self.checkpoints, ckpt)
 
     def _remember(self, start: int, piece: bytes, keep_from: int) -> None:
@@ -227,8 +260,31 @@ class MemberStream:
         self.window = deque()
         self.window_bytes = 0
 
+    def try_drop(self) -> bool:
+        """Drop the stream unless a read is using it (the budget's call, under its lock)."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self.parked and self.park is not None:
+                self.park.discard(self.member, self)
+            self._drop()
+            return True
+        finally:
+            self._lock.release()
+
+    def release(self) -> None:
+        """Drop the stream and its charge."""
+        with self._lock:
+            self._drop()
+        self.budget.release(self)
+
     def close(self) -> None:
         """Park the stream for the member's next handle (this one reads no more)."""
-        if self.stream is not None and self.park is not None:
-            self.park.park(self.member, (self.stream, self.window, self.window_bytes))
-        self._drop()
+        with self._lock:
+            keep = self.stream is not None and self.park is not None
+            self.parked = keep
+        if keep:
+            assert self.park is not None
+            self.park.park(self.member, self)
+        else:
+            self.release()
