@@ -15,6 +15,8 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .archive import Decoding
+from .archive.decompress import DECODER_MEMORY, DecoderBudget
 from .cache import BlockCache, DiskTier
 from .config import CacheConfig
 from .errors import ZipmountError
@@ -79,6 +81,8 @@ class Engine:
         self.cache = BlockCache(cache.memory, self._open_disk(cache), self.stats,
                                 timeout=storage.timeout)
         self.indexes = IndexLRU(cache.index_memory)
+        # Checkpoints, parked streams and decoder memory, shared by every archive served.
+        self.decoding = Decoding(budget=DecoderBudget(DECODER_MEMORY, storage.timeout))
         self.trees: weakref.WeakSet[Tree] = weakref.WeakSet()  # for the gauges; owners hold them
         self.stats.providers.append(self.gauges)
 
@@ -106,8 +110,9 @@ class Engine:
                  root: str | None = None, ttl: float | None = None) -> Tree:
         """The tree of ``path`` in ``source`` (any :class:`Store`: the s3fs source, or a test's
         in-memory one), checked now (``ttl``: default the config's)."""
-        tree = open_tree(Reach(source, self.cache, self.stats, self.indexes), path, suffixes=suffixes,
-                         root=root, ttl=self.settings.ttl if ttl is None else ttl)
+        reach = Reach(source, self.cache, self.stats, self.indexes, self.decoding)
+        tree = open_tree(reach, path, suffixes=suffixes, root=root,
+                         ttl=self.settings.ttl if ttl is None else ttl)
         self.trees.add(tree)
         return tree
 
@@ -129,10 +134,12 @@ class Engine:
             "disk_cache_capacity": disk.capacity if disk else 0,
             "open_archives": sum(t.open_archives() for t in list(self.trees)),
             "index_memory_bytes": self.indexes.used,
+            "decoder_memory_bytes": self.decoding.budget.used,
         }
 
     def close(self) -> None:
         self.cache.close()
+        self.decoding.close()
 
 
 def _shared_key(cache_dir: str | None) -> str | None:

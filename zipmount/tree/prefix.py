@@ -72,7 +72,7 @@ class PrefixTree:
                 old.slot.replace(obj)
                 archives[rel] = old
             else:
-                slot = ArchiveSlot(self.reach, obj, on_changed=self.expire_listing)
+                slot = ArchiveSlot(self.reach, obj)
                 archives[rel] = ArchiveTree(slot, self.root)
             parent, _, base = rel.rpartition("/")
             dirs.setdefault(parent, set()).add(base)
@@ -135,6 +135,10 @@ class PrefixTree:
         for i in range(1, len(parts) + 1):
             tree = archives.get("/".join(parts[:i]))
             if tree is not None:
+                if tree.slot.stale:  # a read found it replaced or deleted: relist now
+                    tree.slot.stale = False
+                    self.expire_listing()
+                    self._fresh()
                 return tree, "/".join(parts[i:])
         return None, rel
 

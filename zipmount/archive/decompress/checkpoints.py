@@ -83,5 +83,3 @@ class CheckpointStore:
             i = bisect.bisect_right(positions, offset)
             return by_pos[positions[i]] if i < len(positions) else None
 
-
-CHECKPOINTS = CheckpointStore()  # one per daemon: the budget covers every archive it serves

@@ -160,6 +160,16 @@ class _ZipLzma:
         return None
 
 
+def decoder_memory(entry: Entry) -> int:
+    """About what a decoder of ``entry`` holds at most: zlib's state and 32 KiB window, bzip2's
+    900k-block tables, or the LZMA dictionary as :class:`_ZipLzma` clamps it."""
+    if entry.method == zipfile.ZIP_BZIP2:
+        return 4 * 1024 * 1024
+    if entry.method == zipfile.ZIP_LZMA:
+        return max(4096, min(entry.size, LZMA_DICT_MAX)) + 64 * 1024
+    return 64 * 1024
+
+
 def make_decoder(entry: Entry) -> Decoder:
     """A fresh decoder for ``entry``'s method (MemberUnsupported for any other)."""
     if entry.method == zipfile.ZIP_DEFLATED:

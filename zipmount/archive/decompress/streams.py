@@ -12,7 +12,7 @@ order, restarted at every backward step). Here:
 - **Bounded per handle.** A :class:`MemberStream` (one per open file) holds one decoder and a
   *window* of the last WINDOW bytes it produced (plus the read in progress), so the kernel's
   slightly out-of-order readahead READs on one handle are served from the window. A closed
-  handle *parks* its stream (:class:`StreamPark`, PARKED_MAX streams per daemon) for the
+  handle *parks* its stream (:class:`~.park.StreamPark`, a few streams per engine) for the
   member's next handle: open-read-close loops go on where the last handle stopped.
 - **Checkpoints (deflate, :mod:`.checkpoints`).** A stream starts from the member's checkpoint
   nearest before the offset it wants, so a random read costs at most ``spacing`` bytes of
@@ -33,72 +33,40 @@ from __future__ import annotations
 
 import threading
 import zipfile
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ...errors import ArchiveError
-from ..readahead import Prefetcher
-from .checkpoints import (
-    CHECKPOINT_EVERY,
-    CHECKPOINTS,
-    CHECKPOINTS_PER_MEMBER,
-    Checkpoint,
-    CheckpointStore,
-)
-from .decoders import CORRUPT_DATA, crc32, make_decoder
+from ..readahead import Prefetcher, readahead_max
+from .checkpoints import CHECKPOINT_EVERY, CHECKPOINTS_PER_MEMBER, Checkpoint, CheckpointStore
+from .decoders import CORRUPT_DATA, crc32, decoder_memory, make_decoder
 
 if TYPE_CHECKING:
-    from ..index.table import Entry
-    from ..remote import CachedObject
+    from ..view import MemberView
+    from .budget import DecoderBudget
+    from .park import StreamPark
 
 PIECE = 256 * 1024  # output per decompress() call
 INPUT_PIECE = 64 * 1024  # compressed input per cache read (one block)
 WINDOW = 2 * 1024 * 1024  # recent output kept per handle (the kernel's readahead reorders ~1.5 MiB)
-PARKED_MAX = 4  # streams of closed handles kept for the next handle of their member
-
-
-class StreamPark:
-    """Streams of closed handles, each kept for the next handle of its member (LRU, at most
-    ``slots`` in all): a program that opens, reads and closes again and again goes on where the
-    last handle stopped instead of decompressing its way there anew."""
-
-    def __init__(self, slots: int = PARKED_MAX) -> None:
-        self.slots = slots
-        self._streams: OrderedDict[str, tuple[Stream, deque[tuple[int, bytes]], int]] = \
-            OrderedDict()
-        self._lock = threading.Lock()
-
-    def park(self, member: str, state: tuple[Stream, deque[tuple[int, bytes]], int]) -> None:
-        with self._lock:
-            self._streams[member] = state
-            self._streams.move_to_end(member)
-            while len(self._streams) > self.slots:
-                self._streams.popitem(last=False)
-
-    def take(self, member: str) -> tuple[Stream, deque[tuple[int, bytes]], int] | None:
-        with self._lock:
-            return self._streams.pop(member, None)
-
-
-PARKED = StreamPark()
 
 
 class Stream:
-    """Decompresses one member forward from its start or from a checkpoint."""
+    """Decompresses one member forward from its start or from a checkpoint (``checkpoints``:
+    where this stream records its own and finds the next one; None: none recorded)."""
 
-    def __init__(self, cached: CachedObject, entry: Entry, data_start: int,
-                 checkpoints: CheckpointStore | None, member: str,
+    def __init__(self, view: MemberView, checkpoints: CheckpointStore | None,
                  start: Checkpoint | None = None) -> None:
-        self.cached = cached
-        self.entry = entry
-        self.data_end = data_start + entry.compress_size
+        self.cached = cached = view.cached
+        self.entry = entry = view.entry
+        self.data_end = view.data_end
         self.checkpoints = checkpoints
-        self.member = member
-        self.prefetcher = Prefetcher(cached)
+        self.member = member = view.version
+        self.prefetcher = Prefetcher(cached, readahead_max(cached.cache.memory.capacity))
         if start is None:
             self.decoder = make_decoder(entry)
-            self.in_pos, self.out_pos, self.crc = data_start, 0, 0
+            self.in_pos, self.out_pos, self.crc = view.data_start, 0, 0
         else:
             decoder = start.decoder.copy()  # the checkpoint itself stays as it was
             assert decoder is not None
@@ -136,7 +104,7 @@ class Stream:
                         self.prefetcher.observe(self.in_pos, end, self.data_end)
                     elif self.in_pos == self.started_in:
                         self.cached.prefetch(self.in_pos, min(self.known_until, self.data_end,
-                                                              self.in_pos + self.cached.readahead_max))
+                                                              self.in_pos + self.prefetcher.window_max))
                     data = self.cached.read(self.in_pos, end)
                     if not data:
                         raise self._fail("member data runs past the end of the archive")
@@ -166,35 +134,59 @@ class Stream:
         return out
 
 
-def member_chunks(cached: CachedObject, entry: Entry, data_start: int) -> Iterator[bytes]:
+class _Pinned:
+    """A charge that cannot be dropped: a decode that runs to its end."""
+
+    parked = False
+
+    def try_drop(self) -> bool:
+        return False
+
+
+def member_chunks(view: MemberView, budget: DecoderBudget) -> Iterator[bytes]:
     """The whole member, decompressed and checked, in pieces of at most PIECE bytes."""
-    stream = Stream(cached, entry, data_start, None, "")
-    while piece := stream.decode():
-        yield piece
+    charge = _Pinned()
+    budget.charge(charge, decoder_memory(view.entry) + PIECE)
+    try:
+        stream = Stream(view, None)
+        while piece := stream.decode():
+            yield piece
+    finally:
+        budget.release(charge)
 
 
 class MemberStream:
     """Reads at any offset of one compressed member, for one open file handle.
 
     Holds one :class:`Stream` and the window of its recent output; moves by the member's
-    checkpoints when that is shorter than decompressing forward from where it is.
+    checkpoints when that is shorter than decompressing forward from where it is. What it holds
+    is charged to the engine's decoder budget (:mod:`.budget`), which may drop it while idle.
+    Its reads take turns (a stream has one position).
     """
 
-    def __init__(self, cached: CachedObject, entry: Entry, data_start: int, member: str,
-                 checkpoints: CheckpointStore | None = CHECKPOINTS,
-                 park: StreamPark | None = PARKED) -> None:
-        self.cached = cached
-        self.entry = entry
-        self.data_start = data_start
-        self.member = member
+    def __init__(self, view: MemberView, checkpoints: CheckpointStore | None,
+                 park: StreamPark | None, budget: DecoderBudget) -> None:
+        self.view = view
+        self.entry = entry = view.entry
+        self.member = member = view.version
         self.checkpoints = checkpoints
         self.park = park
+        self.budget = budget
+        self.cost = decoder_memory(entry) + min(entry.size, WINDOW) + min(entry.size, PIECE)
+        self.parked = False
         self.stream: Stream | None = None
         self.window: deque[tuple[int, bytes]] = deque()  # contiguous, ends at stream.out_pos
         self.window_bytes = 0
+        self._lock = threading.Lock()
         parked = park.take(member) if park is not None else None
         if parked is not None:
-            self.stream, self.window, self.window_bytes = parked
+            with parked._lock:  # the budget may be dropping it right now
+                self.stream, self.window, self.window_bytes = \
+                    parked.stream, parked.window, parked.window_bytes
+                parked._drop()
+            budget.release(parked)
+            if self.stream is not None:
+                budget.charge(self, self.cost)
 
     @property
     def window_start(self) -> int:
@@ -217,16 +209,20 @@ class MemberStream:
         end = min(offset + size, self.entry.size)
         if offset >= end:
             return b""
-        self._seek(offset)
-        assert self.stream is not None
-        try:
-            while self.stream.out_pos < end:
-                piece = self.stream.decode()
-                self._remember(self.stream.out_pos - len(piece), piece, keep_from=offset)
-        except ArchiveError:
-            self._drop()  # a broken stream is never continued, nor parked
-            raise
-        return self._from_window(offset, end)
+        with self._lock:
+            try:
+                self._seek(offset)
+                assert self.stream is not None
+                while self.stream.out_pos < end:
+                    piece = self.stream.decode()
+                    self._remember(self.stream.out_pos - len(piece), piece, keep_from=offset)
+                return self._from_window(offset, end)
+            except ArchiveError:
+                self._drop()  # a broken stream is never continued, nor parked
+                self.budget.release(self)
+                raise
+            finally:
+                self.budget.touch(self)
 
     def _seek(self, offset: int) -> None:
         """Put the stream where reading on to ``offset`` is cheapest."""
@@ -234,10 +230,10 @@ class MemberStream:
         ckpt = self.checkpoints.nearest(self.member, offset) if self.checkpoints else None
         if here and (ckpt is None or ckpt.out_pos <= self.position + PIECE):
             return  # in the window, or not far enough ahead for a checkpoint to save work
-        self.window = deque()
-        self.window_bytes = 0
-        self.stream = Stream(self.cached, self.entry, self.data_start, self.checkpoints,
-                             self.member, ckpt)
+        self._drop()
+        if not here:  # a stream that was dropped (or never made) takes its charge again
+            self.budget.charge(self, self.cost)
+        self.stream = Stream(self.view, self.checkpoints, ckpt)
 
     def _remember(self, start: int, piece: bytes, keep_from: int) -> None:
         self.window.append((start, piece))
@@ -264,8 +260,31 @@ class MemberStream:
         self.window = deque()
         self.window_bytes = 0
 
+    def try_drop(self) -> bool:
+        """Drop the stream unless a read is using it (the budget's call, under its lock)."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self.parked and self.park is not None:
+                self.park.discard(self.member, self)
+            self._drop()
+            return True
+        finally:
+            self._lock.release()
+
+    def release(self) -> None:
+        """Drop the stream and its charge."""
+        with self._lock:
+            self._drop()
+        self.budget.release(self)
+
     def close(self) -> None:
         """Park the stream for the member's next handle (this one reads no more)."""
-        if self.stream is not None and self.park is not None:
-            self.park.park(self.member, (self.stream, self.window, self.window_bytes))
-        self._drop()
+        with self._lock:
+            keep = self.stream is not None and self.park is not None
+            self.parked = keep
+        if keep:
+            assert self.park is not None
+            self.park.park(self.member, self)
+        else:
+            self.release()
