@@ -46,6 +46,7 @@ class MountConfig:
     suffixes: tuple[str, ...] = DEFAULT_SUFFIXES
     root: str | None = None
     options: FuseOptions = field(default_factory=FuseOptions)
+    archives_only: bool = False  # prefix mounts: hide the objects that are not archives
 
 
 @dataclass
@@ -82,7 +83,8 @@ _CACHE_KEYS = {"memory": (int, str), "dir": str, "size": (int, str), "ttl": (int
                "enabled": bool, "index_memory": (int, str)}
 _LOGGING_KEYS = {"level": str, "file": str}
 _METRICS_KEYS = {"listen": str}
-_MOUNT_KEYS = {"source": str, "mountpoint": str, "suffixes": list, "root": str, "options": dict}
+_MOUNT_KEYS = {"source": str, "mountpoint": str, "suffixes": list, "root": str, "options": dict,
+               "archives_only": bool}
 _OPTION_KEYS = {"allow_other": bool, "uid": int, "gid": int, "umask": (int, str)}
 
 
@@ -180,7 +182,7 @@ def _mount(item: Any, where: str) -> MountConfig:
     umask = options.get("umask")
     return MountConfig(
         source=item["source"], mountpoint=item["mountpoint"], suffixes=tuple(suffixes),
-        root=item.get("root"),
+        root=item.get("root"), archives_only=bool(item.get("archives_only")),
         options=FuseOptions(allow_other=bool(options.get("allow_other")), uid=options.get("uid"),
                             gid=options.get("gid"),
                             umask=None if umask is None else parse_umask(umask, where)),

@@ -117,7 +117,8 @@ class Daemon:
         """Connect every source and check every mountpoint; nothing is mounted yet."""
         for mount in self.config.mounts:
             check_mountpoint(mount.mountpoint)
-            tree = self.engine.open_tree(mount.source, suffixes=mount.suffixes, root=mount.root)
+            tree = self.engine.open_tree(mount.source, suffixes=mount.suffixes, root=mount.root,
+                                         archives_only=mount.archives_only)
             self.trees.append(MountedTree(mount, tree))
 
     def mount_all(self) -> None:

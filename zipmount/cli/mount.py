@@ -26,7 +26,8 @@ def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
         cfg.mounts = [MountConfig(
             source=args.source, mountpoint=os.path.abspath(args.mountpoint),
             suffixes=tuple(args.suffixes) if args.suffixes else MountConfig.__dataclass_fields__[
-                "suffixes"].default, root=args.root, options=fuse_options(args.fuse_options))]
+                "suffixes"].default, root=args.root, options=fuse_options(args.fuse_options),
+            archives_only=args.archives_only)]
     elif not cfg.mounts:
         raise UsageError("mount needs SOURCE and MOUNTPOINT, or --config FILE with 'mounts'")
     for mount in cfg.mounts:

@@ -1,0 +1,55 @@
+"""Remote objects read as plain files: the objects of a prefix that are not archives, and the
+``.raw`` view of every object (an archive's own bytes).
+
+A plain object is one version of a remote object, as an archive is: its reads are byte ranges
+through the shared block cache, each request pinned to the ETag and size the listing gave (bytes
+of two versions are never mixed; a replaced object fails the read as a changed archive does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..archive import CachedObject, MemberReader, Prefetcher
+from ..source import ObjectInfo
+from .archive_tree import Reach
+from .base import Node
+
+# A plain file's permission bits: read-only for everyone, as members without modes are.
+OBJECT_MODE = 0o444
+
+
+def object_version(obj: ObjectInfo) -> str:
+    """What identifies the bytes of ``obj`` for the kernel-cache bookkeeping."""
+    return f"object:{obj.etag}:{obj.size}"
+
+
+def object_node(obj: ObjectInfo) -> Node:
+    """A plain file of the object's size and mtime (from the listing: no request)."""
+    return Node("file", obj.size, int(obj.mtime * 1e9), OBJECT_MODE, version=object_version(obj))
+
+
+class ObjectReader(MemberReader):
+    """Reads of one remote object (one version) for one open file handle.
+
+    Any thread, any offset: each read is the exact range through the block cache; a handle
+    that walks the object (``cp``, ``sha256sum``) is fetched ahead by a :class:`Prefetcher`.
+    """
+
+    def __init__(self, reach: Reach, obj: ObjectInfo,
+                 on_changed: Callable[[], None] | None = None) -> None:
+        self.obj = obj
+        self.size = obj.size
+        self.cached = CachedObject(reach.source, obj, reach.cache, on_changed)
+        self.prefetcher = Prefetcher(self.cached)
+
+    @property
+    def version(self) -> str:
+        return object_version(self.obj)
+
+    def read(self, offset: int, size: int) -> bytes:
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        self.prefetcher.observe(offset, end, self.size)
+        return self.cached.read(offset, end)
