@@ -31,7 +31,7 @@ from robust.harness import (
 )
 from robust.zips import RawMember, plain_zip, random_bytes, raw_zip
 
-from zipmount.fuseops import MAX_THREADS
+from zipmount.fuse.session import MAX_THREADS
 
 MiB = 2**20
 N_ENTRIES = 100_000

@@ -1,6 +1,6 @@
 """Zip fidelity through a real FUSE prefix mount over a real S3 server: what the tools that made
 each archive meant (duplicates, hard and symbolic links, code pages, timestamps, special files,
-overlapping members). The rules themselves are in zipmount/archive/index.py's docstring."""
+overlapping members). The rules themselves are in zipmount/archive/index/__init__.py's docstring."""
 
 from __future__ import annotations
 

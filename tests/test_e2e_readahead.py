@@ -11,7 +11,7 @@ import zipfile
 from io import BytesIO
 
 import pytest
-from robust.harness import stack
+from robust.harness import stack, wait_for
 
 from zipmount.kernel_readahead import read_ahead, read_ahead_file
 
@@ -49,7 +49,8 @@ def test_a_sequential_read_arrives_in_reads_of_at_least_one_mib(st):
             assert read_ahead(mp) is not None
             assert "kernel read-ahead" in h.stderr()
             return
-        assert read_ahead(mp) == MIB, read_ahead_file(mp)
+        # set once the mount answers (the kernel's INIT reply would clamp an earlier setting)
+        assert wait_for(lambda: read_ahead(mp) == MIB, 10), (read_ahead_file(mp), read_ahead(mp))
         before = _reads(mp)
         assert _stream(mp / "big.bin") == MEMBER
         reads = _reads(mp) - before
@@ -60,7 +61,7 @@ def test_a_sequential_read_arrives_in_reads_of_at_least_one_mib(st):
 def test_the_read_ahead_option_sets_the_window_and_bad_sizes_are_one_line_errors(st):
     if os.geteuid() == 0:
         with st.mounted("ra/big.zip", "--read-ahead", "4MiB", proxied=False) as h:
-            assert read_ahead(h.mountpoint) == 4 * MIB
+            assert wait_for(lambda: read_ahead(h.mountpoint) == 4 * MIB, 10)
             before = _reads(h.mountpoint)
             assert _stream(h.mountpoint / "big.bin", 4 * MIB) == MEMBER
             # READs stay at most 1 MiB (libfuse's max_pages): more of them in flight, not bigger

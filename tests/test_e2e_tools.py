@@ -214,3 +214,13 @@ def test_daemon_still_healthy(single):
     _, _, handle = single
     assert handle.proc.poll() is None, handle.stderr()[-3000:]
     assert "Traceback" not in handle.stderr(), handle.stderr()[-3000:]
+
+
+def test_a_foreground_mount_prints_nothing_from_libfuse(single):
+    """`zipmount mount -f` shows zipmount's own log lines only (libfuse 3.14.0 used to warn
+    "Ignoring invalid max threads value 4294967295" at every mount)."""
+    mp, _, handle = single
+    os.listdir(mp)
+    err = handle.stderr()
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines and all(" zipmount." in ln for ln in lines), err

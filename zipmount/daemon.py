@@ -124,7 +124,7 @@ class Daemon:
 
     def mount_all(self) -> None:
         """Start one FUSE session per tree and wait until each answers."""
-        from . import fuseops  # noqa: F401 - here, so a missing libfuse 3 is a one-line error
+        from .fuse import session  # noqa: F401 - here, so a missing libfuse 3 is a one-line error
         for tree in self.trees:
             tree.thread = threading.Thread(target=self._serve, args=(tree,), daemon=True,
                                            name=f"fuse {tree.config.mountpoint}")
@@ -144,7 +144,8 @@ class Daemon:
                      "unknown" if window is None else f"{window // 1024} KiB")
 
     def _serve(self, tree: MountedTree) -> None:
-        from .fuseops import ZipOperations, serve
+        from .fuse.operations import ZipOperations
+        from .fuse.session import serve
 
         opts = tree.config.options
         ops = ZipOperations(tree.tree, self.stats, uid=opts.uid, gid=opts.gid,

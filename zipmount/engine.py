@@ -20,6 +20,7 @@ from .config import CacheConfig
 from .errors import ZipmountError
 from .source import Source, StorageOptions
 from .stats import Stats
+from .store import Store
 from .tree import DEFAULT_SUFFIXES, Reach, Tree, open_tree
 from .tree.indexes import IndexLRU
 
@@ -102,10 +103,11 @@ class Engine:
         return self.tree_for(source, path, suffixes=suffixes, root=root,
                              archives_only=archives_only)
 
-    def tree_for(self, source: Source, path: str, *, suffixes: tuple[str, ...] = DEFAULT_SUFFIXES,
+    def tree_for(self, source: Store, path: str, *, suffixes: tuple[str, ...] = DEFAULT_SUFFIXES,
                  root: str | None = None, ttl: float | None = None,
                  archives_only: bool = False) -> Tree:
-        """The tree of ``path`` in ``source``, checked now (``ttl``: default the config's)."""
+        """The tree of ``path`` in ``source`` (any :class:`Store`: the s3fs source, or a test's
+        in-memory one), checked now (``ttl``: default the config's)."""
         tree = open_tree(Reach(source, self.cache, self.stats, self.indexes), path, suffixes=suffixes,
                          root=root, ttl=self.settings.ttl if ttl is None else ttl,
                          archives_only=archives_only)

@@ -29,6 +29,7 @@ from .archive import MemberReader
 from .config import CacheConfig, default_cache_dir, parse_size
 from .engine import Engine
 from .errors import NotADirectory, UsageError, ZipmountError
+from .source import with_s3_settings
 from .tree import DEFAULT_SUFFIXES, Node, Tree
 
 _TYPES = {"dir": "directory", "file": "file", "link": "link"}
@@ -294,7 +295,7 @@ def _target(fo: Any, protocol: str | None, options: dict[str, Any],
     url = fo if "://" in fo or protocol is None else f"{protocol}://{fo}"
     protocol = protocol or fsspec.utils.get_protocol(url)
     if protocol in ("s3", "s3a"):
-        options = _s3_defaults(options, timeout)
+        options = with_s3_settings(options, timeout)
     try:
         fs = fsspec.filesystem(protocol, **options)
     except (ImportError, ValueError) as exc:
@@ -304,13 +305,3 @@ def _target(fo: Any, protocol: str | None, options: dict[str, Any],
         path += "/"  # a prefix: list it, do not stat it
     return fs, path, None, url
 
-
-def _s3_defaults(options: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """s3fs options as the daemon sets them, under the caller's: per-attempt timeouts within
-    ``timeout``, no botocore retries (the Source retries inside one deadline), no listing
-    cache (revalidation must see the server)."""
-    attempt = max(1.0, timeout / 3)
-    config = {"connect_timeout": min(5.0, attempt), "read_timeout": attempt,
-              "retries": {"total_max_attempts": 1, "mode": "standard"},
-              **options.get("config_kwargs", {})}
-    return {"use_listings_cache": False, **options, "config_kwargs": config}

@@ -4,7 +4,8 @@ The kernel sends a sequential reader's READs in pieces of the mount's read-ahead
 by default (``/sys/class/bdi/<major:minor>/read_ahead_kb``), so streaming 512 MiB took 4,096 READ
 round trips instead of 512 at 1 MiB. Only root may write it; anyone may read it. READs are also capped at
 the session's ``max_pages`` (libfuse 3 asks for 256 pages, 1 MiB), so a window bigger than 1 MiB
-arrives as several 1 MiB READs in flight at once.
+arrives as several 1 MiB READs in flight at once. The daemon sets it once the mount answers:
+before, the kernel's handling of the INIT reply would cap it at the 128 KiB it proposed.
 """
 
 from __future__ import annotations

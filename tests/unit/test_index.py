@@ -31,15 +31,10 @@ from robust.zips import (
 )
 
 from zipmount.archive import Archive, CachedObject
-from zipmount.archive.index import (
-    CD_MAX_BYTES,
-    Entry,
-    EntryTable,
-    build_tree,
-    load_index,
-    read_central_directory,
-    save_index,
-)
+from zipmount.archive.index.central import CD_MAX_BYTES, read_central_directory
+from zipmount.archive.index.naming import build_tree
+from zipmount.archive.index.store import load_index, save_index
+from zipmount.archive.index.table import Entry, EntryTable
 from zipmount.cache import BlockCache, DiskTier
 from zipmount.errors import ArchiveError
 from zipmount.source import Source, StorageOptions

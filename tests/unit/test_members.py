@@ -25,7 +25,8 @@ import pytest
 from robust.zips import RawMember, raw_zip
 
 from zipmount.archive import Archive, CachedObject
-from zipmount.archive import decompress as dz
+from zipmount.archive.decompress import checkpoints as ck
+from zipmount.archive.decompress import streams as st
 from zipmount.archive.members import SPILL_MIN, WHOLE_MEMBER_MAX
 from zipmount.cache import BlockCache, DiskTier
 from zipmount.errors import ArchiveError
@@ -219,12 +220,12 @@ def test_random_reads_of_a_deflated_member_start_from_its_checkpoints(workdir):
         rng = random.Random(4)
         entry = archive.entries["big"]
         for _ in range(30):
-            dz.PARKED.take(archive.member_version(entry))  # no parked stream: checkpoints only
+            st.PARKED.take(archive.member_version(entry))  # no parked stream: checkpoints only
             reader = archive.reader(entry)  # a new handle: the member's checkpoints
             offset = rng.randrange(len(plain))
             assert reader.read(offset, 4096) == plain[offset: offset + 4096]
             stream = reader.stream.stream
-            assert offset - stream.started_at <= dz.CHECKPOINT_EVERY + dz.PIECE, \
+            assert offset - stream.started_at <= ck.CHECKPOINT_EVERY + st.PIECE, \
                 f"decompressed {offset - stream.started_at} bytes to reach {offset}"
             reader.close()
 
@@ -242,12 +243,12 @@ def test_a_random_read_fetches_the_input_up_to_the_next_checkpoint_at_once(workd
         rng = random.Random(10)
         reads = 6
         for _ in range(reads):
-            offset = rng.randrange(len(plain) - dz.CHECKPOINT_EVERY)
-            start = dz.CHECKPOINTS.nearest(member_version, offset)
-            end = dz.CHECKPOINTS.following(member_version, offset)
+            offset = rng.randrange(len(plain) - ck.CHECKPOINT_EVERY)
+            start = ck.CHECKPOINTS.nearest(member_version, offset)
+            end = ck.CHECKPOINTS.following(member_version, offset)
             needed += (end.in_pos if end else entry.compress_size) - (start.in_pos if start else 0)
             needed += 2 * 64 * 1024  # whole blocks at both ends
-            dz.PARKED.take(member_version)
+            st.PARKED.take(member_version)
             reader = archive.reader(entry)
             assert reader.read(offset, 4096) == plain[offset: offset + 4096]
             reader.close()
@@ -268,7 +269,7 @@ def test_backward_steps_inside_the_window_reuse_the_stream(workdir):
         try:
             assert reader.read(0, 3 * MiB) == plain[: 3 * MiB]
             stream = reader.stream.stream
-            back = 3 * MiB - dz.WINDOW + 4096
+            back = 3 * MiB - st.WINDOW + 4096
             assert reader.read(back, 4096) == plain[back: back + 4096]
             assert reader.read(3 * MiB, 4096) == plain[3 * MiB: 3 * MiB + 4096]
             assert reader.stream.stream is stream, "a step back inside the window restarted"
@@ -291,13 +292,13 @@ def test_a_new_handle_goes_on_where_the_last_closed_one_stopped(workdir):
 
 
 def test_checkpoints_stay_within_their_budget(workdir):
-    store = dz.CheckpointStore(budget=8 * dz.CHECKPOINT_COST)
+    store = ck.CheckpointStore(budget=8 * ck.CHECKPOINT_COST)
     plain = text(6, 12 * MiB)
     with opened(write_zip(workdir, [member("a", DEFLATE, plain), member("b", DEFLATE, plain)])
                 ) as archive:
         for name in ("a", "b"):
             entry = archive.entries[name]
-            stream = dz.MemberStream(archive.cached, entry, archive.data_offset(entry), name, store)
+            stream = st.MemberStream(archive.cached, entry, archive.data_offset(entry), name, store)
             assert stream.read(len(plain) - 10, 10) == plain[-10:]
             assert store.used <= store.budget
     assert store.nearest("b", len(plain)) is not None  # the most recent member is kept

@@ -158,7 +158,7 @@ def test_running_out_of_file_descriptors_never_deletes_a_persisted_index_or_view
     import os
     import resource
 
-    from zipmount.archive.index import load_index
+    from zipmount.archive.index.store import load_index
     from zipmount.tree.views import remembered_view
 
     path = tmp_path / "one.zip"

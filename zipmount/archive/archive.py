@@ -25,7 +25,10 @@ import zipfile
 from ..cache import DiskTier
 from ..errors import ArchiveError, MemberEncrypted, MemberUnsupported
 from .decompress import crc32, member_chunks
-from .index import Entry, build_tree, load_index, read_central_directory, save_index
+from .index.central import read_central_directory
+from .index.naming import build_tree
+from .index.store import load_index, save_index
+from .index.table import Entry
 from .members import (
     LOCAL_HEADER,
     WHOLE_MEMBER_MAX,

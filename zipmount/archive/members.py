@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ArchiveError
 from .decompress import MemberStream, crc32
-from .index import Entry
+from .index.table import Entry
 from .readahead import Prefetcher
 
 if TYPE_CHECKING:

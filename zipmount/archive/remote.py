@@ -8,14 +8,14 @@ from typing import Any
 
 from ..cache import BlockCache
 from ..errors import ObjectChanged
-from ..source import ObjectInfo, Source
+from ..store import ObjectInfo, Store
 from .readahead import READAHEAD_MAX, READAHEAD_MIN
 
 
 class CachedObject:
     """One version of a remote object read through the shared block cache."""
 
-    def __init__(self, source: Source, obj: ObjectInfo, cache: BlockCache,
+    def __init__(self, source: Store, obj: ObjectInfo, cache: BlockCache,
                  on_changed: Callable[[], None] | None = None) -> None:
         self.source = source
         self.obj = obj

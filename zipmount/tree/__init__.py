@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from ..errors import ObjectChanged
-from ..source import ObjectInfo
+from ..store import ObjectInfo
 from .archive_tree import ArchiveSlot, ArchiveTree, Reach
 from .base import DEFAULT_SUFFIXES, Node, Tree
 from .prefix import PrefixTree

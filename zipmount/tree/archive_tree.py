@@ -21,8 +21,8 @@ from ..errors import (
     SourceError,
     ZipmountError,
 )
-from ..source import ObjectInfo, Source
 from ..stats import Stats
+from ..store import ObjectInfo, Store
 from .base import Node
 from .indexes import IndexLRU
 from .views import remember_view
@@ -35,7 +35,7 @@ class Reach:
     """What an archive is read through: the source, the shared block cache, the counters, and
     the engine's cap on loaded indexes."""
 
-    source: Source
+    source: Store
     cache: BlockCache
     stats: Stats
     indexes: IndexLRU

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..archive import CachedObject, MemberReader, Prefetcher
-from ..source import ObjectInfo
+from ..store import ObjectInfo
 from .archive_tree import Reach
 from .base import Node
 

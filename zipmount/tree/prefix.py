@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from ..archive import MemberReader, clean_name
 from ..errors import IsADirectory, NotADirectory, NotASymlink, NotFound, ObjectNotFound, SourceError
-from ..source import ObjectInfo
+from ..store import ObjectInfo
 from .archive_tree import ArchiveSlot, ArchiveTree, Reach
 from .base import Node
 from .objects import ObjectReader, object_node
@@ -89,7 +89,7 @@ class PrefixTree:
         source = self.reach.source
         try:
             objects = source.list_objects(self.path)
-            if strict and not objects and not source.fs.exists(self.path):
+            if strict and not objects and not source.exists(self.path):
                 raise ObjectNotFound(f"not found: {self.path}")
         except SourceError as exc:
             if strict:

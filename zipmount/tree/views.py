@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict
 
 from ..cache import DiskTier
-from ..source import ObjectInfo
+from ..store import ObjectInfo
 
 log = logging.getLogger(__name__)
 

@@ -1,31 +1,22 @@
-"""Streaming decompression of zip members in bounded memory, with cheap random access.
+"""Streams: a zip member decompressed forward in bounded memory, read at any offset per handle.
 
-Why not :class:`zipfile.ZipExtFile`: for bzip2 and LZMA it calls ``decompress()`` without an output
-limit, so a few hundred bytes of input can expand to gigabytes in one call, and it can only seek
-by restarting from the member's start (``cat`` of a big deflated member, whose concurrent
-readahead READs arrive slightly out of order, restarted at every backward step). Here:
+Why not :class:`zipfile.ZipExtFile`: it can only seek by restarting from the member's start
+(``cat`` of a big deflated member, whose concurrent readahead READs arrive slightly out of
+order, restarted at every backward step). Here:
 
 - **Bounded per call.** Every ``decompress()`` call gets ``max_length`` (at most PIECE bytes of
-  output) and at most INPUT_PIECE bytes of compressed input, read from the block cache. The
-  CRC-32 is computed as the data goes; at the declared size it must match, and data that ends
-  before the declared size is an error (:class:`ArchiveError`, EIO). Bytes past the declared
-  size are not served (as zipfile does; the CRC covers the declared bytes).
+  output, see :mod:`.decoders`) and at most INPUT_PIECE bytes of compressed input, read from the
+  block cache. The CRC-32 is computed as the data goes; at the declared size it must match, and
+  data that ends before the declared size is an error (:class:`ArchiveError`, EIO). Bytes past
+  the declared size are not served (as zipfile does; the CRC covers the declared bytes).
 - **Bounded per handle.** A :class:`MemberStream` (one per open file) holds one decoder and a
   *window* of the last WINDOW bytes it produced (plus the read in progress), so the kernel's
   slightly out-of-order readahead READs on one handle are served from the window. A closed
   handle *parks* its stream (:class:`StreamPark`, PARKED_MAX streams per daemon) for the
-  member's next handle: open-read-close loops go on where the last handle stopped. A decoder is
-  ~40 KiB for deflate, ~4 MiB for bzip2 (900k blocks) and up to LZMA_DICT_MAX for LZMA: the
-  dictionary is clamped to the member's declared size (a bigger one is never used) and a member
-  that would still need more is refused (EIO) rather than allowed to take gigabytes.
-- **Checkpoints (deflate).** Every ``spacing`` bytes of output (CHECKPOINT_EVERY, or more for
-  members so big that they would need over CHECKPOINTS_PER_MEMBER) a stream records a copy of
-  its decoder (``zlib.decompressobj().copy()``, ~35 KiB) with the compressed offset and the
-  CRC-32 at that point, as indexed_gzip and ratarmount do for gzip. Checkpoints belong to the
-  member, not the handle: every handle of the member, also one opened later, starts from the
-  nearest one at or before the offset it wants. They live in one :class:`CheckpointStore` per
-  daemon (LRU by member, CHECKPOINT_BUDGET bytes in all). A random read thus costs at most
-  ``spacing`` bytes of decompression (a few ms), never a restart from the start.
+  member's next handle: open-read-close loops go on where the last handle stopped.
+- **Checkpoints (deflate, :mod:`.checkpoints`).** A stream starts from the member's checkpoint
+  nearest before the offset it wants, so a random read costs at most ``spacing`` bytes of
+  decompression, never a restart from the start.
 - **bzip2/LZMA** decoders cannot be copied, so they have no checkpoints: forward reads stream,
   backward steps inside the window are free, and a backward step beyond the window restarts
   from the member's start — unless the member gets a *spill file* (``Archive.spill_path``):
@@ -40,232 +31,31 @@ readahead READs arrive slightly out of order, restarted at every backward step).
 
 from __future__ import annotations
 
-import bisect
-import bz2
-import lzma
-import struct
 import threading
 import zipfile
-import zlib
 from collections import OrderedDict, deque
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
-from ..errors import ArchiveError, MemberUnsupported
-from .readahead import Prefetcher
-
-try:  # zlib-ng: the same API, about twice as fast to inflate, CRC-32 many times faster
-    from zlib_ng import zlib_ng as zlib_impl
-except ImportError:  # pragma: no cover - depends on the environment
-    zlib_impl = zlib
-crc32 = zlib_impl.crc32
+from ...errors import ArchiveError
+from ..readahead import Prefetcher
+from .checkpoints import (
+    CHECKPOINT_EVERY,
+    CHECKPOINTS,
+    CHECKPOINTS_PER_MEMBER,
+    Checkpoint,
+    CheckpointStore,
+)
+from .decoders import CORRUPT_DATA, crc32, make_decoder
 
 if TYPE_CHECKING:
-    from .index import Entry
-    from .remote import CachedObject
+    from ..index.table import Entry
+    from ..remote import CachedObject
 
 PIECE = 256 * 1024  # output per decompress() call
 INPUT_PIECE = 64 * 1024  # compressed input per cache read (one block)
 WINDOW = 2 * 1024 * 1024  # recent output kept per handle (the kernel's readahead reorders ~1.5 MiB)
-CHECKPOINT_EVERY = 2 * 1024 * 1024
-CHECKPOINTS_PER_MEMBER = 128
-CHECKPOINT_COST = 40 * 1024  # what one zlib decoder copy takes (measured ~35 KiB)
-CHECKPOINT_BUDGET = 32 * 1024 * 1024
 PARKED_MAX = 4  # streams of closed handles kept for the next handle of their member
-LZMA_DICT_MAX = 64 * 1024 * 1024  # 7-Zip's "ultra" dictionary; zipfile writes 8 MiB ones
-# What the decoders raise on corrupt data (bz2: OSError, LZMA: LZMAError, after the end: EOFError).
-CORRUPT_DATA = (zlib.error, zlib_impl.error, OSError, EOFError, ValueError, lzma.LZMAError)
-
-
-class Decoder(Protocol):
-    """One decompressor: ``decompress(data, limit)`` returns at most ``limit`` bytes."""
-
-    eof: bool
-
-    def needs_input(self) -> bool: ...
-
-    def decompress(self, data: bytes, limit: int) -> bytes: ...
-
-    def pending(self) -> int:
-        """Input bytes given but not consumed (they must be fed again after a copy)."""
-        ...
-
-    def copy(self) -> Decoder | None:
-        """An independent copy of the state, or None if the format cannot be copied."""
-        ...
-
-
-class _Inflate:
-    """Raw deflate; zlib keeps unconsumed input in ``unconsumed_tail`` when the limit is hit."""
-
-    def __init__(self, obj: Any = None) -> None:
-        self.obj = obj if obj is not None else zlib_impl.decompressobj(-15)
-        self.tail = b""
-        self.full = False  # the last call stopped at its output limit: more may come without input
-
-    @property
-    def eof(self) -> bool:
-        return self.obj.eof
-
-    def needs_input(self) -> bool:
-        return not self.tail and not self.full
-
-    def decompress(self, data: bytes, limit: int) -> bytes:
-        out = self.obj.decompress(self.tail or data, limit)
-        self.tail = self.obj.unconsumed_tail
-        self.full = len(out) == limit
-        return out
-
-    def pending(self) -> int:
-        return len(self.tail)
-
-    def copy(self) -> _Inflate:
-        return _Inflate(self.obj.copy())  # fed again from the checkpoint's input offset
-
-
-class _Buffered:
-    """bzip2 or LZMA: the decompressor buffers its input itself (``needs_input``)."""
-
-    def __init__(self, obj: bz2.BZ2Decompressor | lzma.LZMADecompressor) -> None:
-        self.obj = obj
-
-    @property
-    def eof(self) -> bool:
-        return self.obj.eof
-
-    def needs_input(self) -> bool:
-        return self.obj.needs_input
-
-    def decompress(self, data: bytes, limit: int) -> bytes:
-        return self.obj.decompress(data, limit)
-
-    def pending(self) -> int:
-        return 0
-
-    def copy(self) -> None:
-        return None
-
-
-class _ZipLzma:
-    """LZMA as zip stores it: version (2 bytes), properties size (2), properties (5), raw LZMA1.
-
-    Same format as ``zipfile.LZMADecompressor``; here the dictionary is clamped and checked.
-    """
-
-    def __init__(self, name: str, size: int) -> None:
-        self.name = name
-        self.size = size
-        self.head = b""
-        self.inner: _Buffered | None = None
-
-    @property
-    def eof(self) -> bool:
-        return self.inner is not None and self.inner.eof
-
-    def needs_input(self) -> bool:
-        return self.inner is None or self.inner.needs_input()
-
-    def decompress(self, data: bytes, limit: int) -> bytes:
-        if self.inner is None:
-            self.head += data
-            if len(self.head) < 4:
-                return b""
-            (psize,) = struct.unpack_from("<H", self.head, 2)
-            if len(self.head) < 4 + psize:
-                return b""
-            if psize != 5:
-                raise lzma.LZMAError(f"LZMA properties of {psize} bytes, 5 expected")
-            lclppb, dict_size = struct.unpack_from("<BI", self.head, 4)
-            lc, lp, pb = lclppb % 9, lclppb // 9 % 5, lclppb // 45
-            # Distances never reach past the output so far: a dictionary bigger than the
-            # member is never used, so it is not allocated either.
-            dict_size = max(4096, min(dict_size, self.size))
-            if dict_size > LZMA_DICT_MAX:
-                raise MemberUnsupported(f"{self.name}: LZMA dictionary of {dict_size} bytes "
-                                        f"(at most {LZMA_DICT_MAX} are supported)")
-            self.inner = _Buffered(lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[
-                {"id": lzma.FILTER_LZMA1, "dict_size": dict_size, "lc": lc, "lp": lp, "pb": pb}]))
-            data = self.head[4 + psize:]
-            self.head = b""
-        return self.inner.decompress(data, limit)
-
-    def pending(self) -> int:
-        return 0
-
-    def copy(self) -> None:
-        return None
-
-
-def make_decoder(entry: Entry) -> Decoder:
-    if entry.method == zipfile.ZIP_DEFLATED:
-        return _Inflate()
-    if entry.method == zipfile.ZIP_BZIP2:
-        return _Buffered(bz2.BZ2Decompressor())
-    if entry.method == zipfile.ZIP_LZMA:
-        return _ZipLzma(entry.name, entry.size)
-    raise MemberUnsupported(f"{entry.name}: unsupported compression method {entry.method}")
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """A decoder state at output offset ``out_pos``: feed it input from ``in_pos`` on."""
-
-    out_pos: int
-    in_pos: int
-    crc: int
-    decoder: Decoder
-
-
-class CheckpointStore:
-    """Checkpoints of every member of a daemon, least recently used members dropped first."""
-
-    def __init__(self, budget: int = CHECKPOINT_BUDGET) -> None:
-        self.budget = budget
-        self.used = 0
-        self._members: OrderedDict[str, tuple[list[int], dict[int, Checkpoint]]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def add(self, member: str, ckpt: Checkpoint) -> None:
-        with self._lock:
-            positions, by_pos = self._members.setdefault(member, ([], {}))
-            self._members.move_to_end(member)
-            if ckpt.out_pos in by_pos:
-                return
-            bisect.insort(positions, ckpt.out_pos)
-            by_pos[ckpt.out_pos] = ckpt
-            self.used += CHECKPOINT_COST
-            while self.used > self.budget and self._members:
-                _, (dropped, _) = self._members.popitem(last=False)
-                self.used -= CHECKPOINT_COST * len(dropped)
-
-    def has(self, member: str, index: int, spacing: int) -> bool:
-        """Whether ``member`` has a checkpoint in the ``index``-th stretch of ``spacing`` bytes."""
-        with self._lock:
-            positions, _ = self._members.get(member, ((), None))
-            i = bisect.bisect_left(positions, index * spacing)
-            return i < len(positions) and positions[i] < (index + 1) * spacing
-
-    def nearest(self, member: str, offset: int) -> Checkpoint | None:
-        """The checkpoint of ``member`` closest at or before output offset ``offset``."""
-        with self._lock:
-            found = self._members.get(member)
-            if found is None:
-                return None
-            self._members.move_to_end(member)
-            positions, by_pos = found
-            i = bisect.bisect_right(positions, offset)
-            return by_pos[positions[i - 1]] if i else None
-
-    def following(self, member: str, offset: int) -> Checkpoint | None:
-        """The first checkpoint of ``member`` after output offset ``offset``."""
-        with self._lock:
-            positions, by_pos = self._members.get(member, ([], {}))
-            i = bisect.bisect_right(positions, offset)
-            return by_pos[positions[i]] if i < len(positions) else None
-
-
-CHECKPOINTS = CheckpointStore()  # one per daemon: the budget covers every archive it serves
 
 
 class StreamPark:
@@ -464,7 +254,8 @@ class MemberStream:
             if start >= end:
                 break
             parts.append(memoryview(piece)[max(0, offset - start): end - start])
-        if len(parts) == 1 and len(parts[0]) == len(parts[0].obj):
+        if len(parts) == 1 and isinstance(parts[0].obj, bytes) \
+                and len(parts[0]) == len(parts[0].obj):
             return parts[0].obj  # a whole piece: no copy
         return b"".join(parts)
 
