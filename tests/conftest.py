@@ -9,7 +9,7 @@ authentication enforced after the sample archives are uploaded to bucket `data`:
     s3://data/rec/a.rkns             zarr v2 group (RKNS-like), consolidated metadata
     s3://data/rec/sub/b.rkns         zarr v2 group, nested chunk keys, no consolidated metadata
     s3://data/rec/c.zip              small generic archive with explicit dirs
-    s3://data/rec/notes.txt          not an archive: must stay hidden in a prefix mount
+    s3://data/rec/notes.txt          not an archive: a plain file of a prefix mount (--archives-only hides it)
     s3://data/v3/group.zip           zarr v3 group (bytes, gzip, sharding codecs)
     s3://data/bad/notzip.zip         random bytes named .zip
     s3://data/bad/truncated.zip      first half of a real archive

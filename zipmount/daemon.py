@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from .config import Config, MountConfig
 from .engine import Engine
 from .errors import UsageError, ZipmountError
+from .kernel_readahead import set_read_ahead
 from .tree import Tree
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,8 @@ class Daemon:
         """Connect every source and check every mountpoint; nothing is mounted yet."""
         for mount in self.config.mounts:
             check_mountpoint(mount.mountpoint)
-            tree = self.engine.open_tree(mount.source, suffixes=mount.suffixes, root=mount.root)
+            tree = self.engine.open_tree(mount.source, suffixes=mount.suffixes, root=mount.root,
+                                         archives_only=mount.archives_only)
             self.trees.append(MountedTree(mount, tree))
 
     def mount_all(self) -> None:
@@ -138,6 +140,9 @@ class Daemon:
                     raise ZipmountError(f"mounting {tree.config.mountpoint} timed out")
                 time.sleep(0.02)
             log.info("mounted %s on %s", tree.config.source, tree.config.mountpoint)
+            window = set_read_ahead(tree.config.mountpoint, tree.config.read_ahead)
+            log.info("kernel read-ahead for %s: %s", tree.config.mountpoint,
+                     "unknown" if window is None else f"{window // 1024} KiB")
 
     def _serve(self, tree: MountedTree) -> None:
         from .fuse.operations import ZipOperations

@@ -101,29 +101,32 @@ class Engine:
         return Source.for_url(url, self.storage, self.stats)
 
     def open_tree(self, url: str, *, suffixes: tuple[str, ...] = DEFAULT_SUFFIXES,
-                  root: str | None = None) -> Tree:
-        """The tree of ``url`` (one archive, or a prefix of archives), checked now."""
+                  root: str | None = None, archives_only: bool = False) -> Tree:
+        """The tree of ``url`` (one archive, or a prefix), checked now."""
         source, path = self.source(url)
-        return self.tree_for(source, path, suffixes=suffixes, root=root)
+        return self.tree_for(source, path, suffixes=suffixes, root=root,
+                             archives_only=archives_only)
 
     def tree_for(self, source: Store, path: str, *, suffixes: tuple[str, ...] = DEFAULT_SUFFIXES,
-                 root: str | None = None, ttl: float | None = None) -> Tree:
+                 root: str | None = None, ttl: float | None = None,
+                 archives_only: bool = False) -> Tree:
         """The tree of ``path`` in ``source`` (any :class:`Store`: the s3fs source, or a test's
         in-memory one), checked now (``ttl``: default the config's)."""
         reach = Reach(source, self.cache, self.stats, self.indexes, self.decoding)
         tree = open_tree(reach, path, suffixes=suffixes, root=root,
-                         ttl=self.settings.ttl if ttl is None else ttl)
+                         ttl=self.settings.ttl if ttl is None else ttl, archives_only=archives_only)
         self.trees.add(tree)
         return tree
 
     def filesystem_tree(self, fs: fsspec.AbstractFileSystem, path: str, *, timeout: float,
                         known: dict[str, Any] | None = None,
                         suffixes: tuple[str, ...] = DEFAULT_SUFFIXES, root: str | None = None,
-                        ttl: float | None = None) -> Tree:
+                        ttl: float | None = None, archives_only: bool = False) -> Tree:
         """The tree of ``path`` in an fsspec filesystem built by the caller (the fsspec
         front-end); ``known``: that object's fsspec details, if the caller has them."""
         source = Source.for_filesystem(fs, StorageOptions(timeout=timeout), self.stats, known)
-        return self.tree_for(source, path, suffixes=suffixes, root=root, ttl=ttl)
+        return self.tree_for(source, path, suffixes=suffixes, root=root, ttl=ttl,
+                             archives_only=archives_only)
 
     def gauges(self) -> dict[str, float]:
         disk = self.cache.disk

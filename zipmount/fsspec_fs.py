@@ -77,7 +77,8 @@ class ZipmountFileSystem(AbstractFileSystem):
     ``OpenFile`` (``s3.open(path, "rb")``: its filesystem and identity are reused, no extra
     request). ``target_protocol``/``target_options``: how to build the filesystem of ``fo``.
     Options as on the command line: ``cache_dir`` (default: the daemon's), ``disk_cache``,
-    ``cache_size``, ``memory``, ``ttl``, ``timeout``, ``suffixes``, ``root``; other keyword
+    ``cache_size``, ``memory``, ``ttl``, ``timeout``, ``suffixes``, ``root``, ``archives_only``
+    (a prefix shows its archives only, not its other objects as files); other keyword
     arguments go to :class:`fsspec.AbstractFileSystem`. Pickles as its options, with ``fo``
     as a URL.
     """
@@ -90,7 +91,7 @@ class ZipmountFileSystem(AbstractFileSystem):
                  disk_cache: bool = True, cache_size: int | str = "10GiB",
                  memory: int | str = "256MiB", ttl: float = 60.0, timeout: float = 30.0,
                  suffixes: Sequence[str] = DEFAULT_SUFFIXES, root: str | None = None,
-                 **kwargs: Any) -> None:
+                 archives_only: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         fs, path, known, url = _target(fo, target_protocol, target_options or {}, timeout)
         self._pid = os.getpid()
@@ -101,7 +102,7 @@ class ZipmountFileSystem(AbstractFileSystem):
             "target_options": target_options if isinstance(fo, str) else dict(fs.storage_options),
             "cache_dir": cache_dir, "disk_cache": disk_cache, "cache_size": cache_size,
             "memory": memory, "ttl": ttl, "timeout": timeout, "suffixes": tuple(suffixes),
-            "root": root,
+            "root": root, "archives_only": archives_only,
         }
         self._connect(fs, path, known)
 
@@ -115,7 +116,7 @@ class ZipmountFileSystem(AbstractFileSystem):
             self.stats = engine.stats  # the process's counters for this cache (requests, hits)
             self._tree = engine.filesystem_tree(
                 fs, path, timeout=float(opts["timeout"]), known=known, suffixes=opts["suffixes"],
-                root=opts["root"], ttl=float(opts["ttl"]))
+                root=opts["root"], ttl=float(opts["ttl"]), archives_only=opts["archives_only"])
 
     @property
     def tree(self) -> Tree:
@@ -203,9 +204,9 @@ class ZipmountFileSystem(AbstractFileSystem):
     def cat_file(self, path: str, start: int | None = None, end: int | None = None,
                  **kwargs: Any) -> bytes:
         path = self._strip_protocol(path)
+        size = self._stat(path).size
         reader = self._reader(path)
         try:
-            size = reader.entry.size
             begin = 0 if start is None else (max(0, size + start) if start < 0 else start)
             stop = size if end is None else (max(0, size + end) if end < 0 else min(end, size))
             if stop <= begin:

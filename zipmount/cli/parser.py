@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--root", help="serve this subdirectory of each archive as its root")
     m.add_argument("--suffix", action="append", dest="suffixes",
                    help="archive name suffix in prefix mounts (repeatable; default .zip, .rkns)")
+    m.add_argument("--archives-only", action="store_true",
+                   help="prefix mounts: hide the objects that are not archives")
+    m.add_argument("--read-ahead", help="the kernel's read-ahead window for the mount, e.g. 1MiB "
+                   "(the default; set where the daemon may: root)")
     m.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     m.add_argument("-o", dest="fuse_options", action="append", default=[],
                    help="allow_other,uid=N,gid=N,umask=NNN. Modes are the permission bits "

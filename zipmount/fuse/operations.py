@@ -20,10 +20,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..archive import MemberReader
 from ..errors import ZipmountError
 from ..stats import STATS_XATTR, Stats
-from ..tree import Tree
+from ..tree import FileReader, Tree
 from .policy import KernelCachePolicy
 
 log = logging.getLogger(__name__)
@@ -98,7 +97,7 @@ class ZipOperations:
         # Set by the session once it runs: make the kernel drop its attributes and pages of a
         # path (True once it has). Without one, a stale open reads with direct I/O.
         self.invalidate: Callable[[str], bool] | None = None
-        self._handles: dict[int, MemberReader] = {}
+        self._handles: dict[int, FileReader] = {}
         self._handle_locks: dict[int, threading.Lock] = {}
         self._next_fh = itertools.count(1)
         self._lock = threading.Lock()

@@ -23,7 +23,7 @@ from ..errors import (
 )
 from ..stats import Stats
 from ..store import ObjectInfo, Store
-from .base import DIR_MODE, Node
+from .base import DIR_MODE, FileReader, Node
 from .indexes import IndexLRU
 from .views import remember_view
 
@@ -275,7 +275,7 @@ class ArchiveTree:
             raise IsADirectory(path)
         return archive, entry
 
-    def open(self, path: str) -> MemberReader:
+    def open(self, path: str) -> FileReader:
         archive, entry = self._file(path)
         try:
             return WatchedReader(archive.reader(entry), self.slot)
