@@ -47,7 +47,7 @@ def test_objects_that_are_not_archives_are_plain_read_only_files_sized_and_dated
     assert tree.listdir("sub-01") == [("sub-01_eeg.rkns", "dir"), ("sub-01_events.tsv", "file")]
     events = cohort / "sub-01" / "sub-01_events.tsv"
     node = tree.stat("sub-01/sub-01_events.tsv")
-    assert (node.kind, node.size, node.mode) == ("file", events.stat().st_size, 0o444)
+    assert (node.kind, node.size, node.mode) == ("file", events.stat().st_size, 0o644)
     assert abs(node.mtime_ns / 1e9 - events.stat().st_mtime) < 1
     assert _read_all(tree, "sub-01/sub-01_events.tsv") == events.read_bytes()
     reader = tree.open("participants.tsv")
@@ -91,7 +91,7 @@ def test_the_raw_view_serves_every_object_s_own_bytes_and_is_not_listed_in_the_r
                                            ("sub-01_events.tsv", "file")]
     archive = cohort / "sub-01" / "sub-01_eeg.rkns"
     node = tree.stat(".raw/sub-01/sub-01_eeg.rkns")
-    assert (node.kind, node.size, node.mode) == ("file", archive.stat().st_size, 0o444)
+    assert (node.kind, node.size, node.mode) == ("file", archive.stat().st_size, 0o644)
     assert _read_all(tree, ".raw/sub-01/sub-01_eeg.rkns") == archive.read_bytes()
     assert _read_all(tree, ".raw/participants.tsv") == (cohort / "participants.tsv").read_bytes()
     with pytest.raises(IsADirectory):
