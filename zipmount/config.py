@@ -120,12 +120,15 @@ def default_cache_dir() -> str:
 
 def default_log_file(mountpoint: str) -> str:
     """Where a background daemon logs without ``--log-file``: one file per (first) mountpoint,
-    under /var/log/zipmount for root, else $XDG_STATE_HOME/zipmount/log."""
-    if os.geteuid() == 0:
+    in $XDG_STATE_HOME/zipmount/log if set, else /var/log/zipmount for root, else
+    ~/.local/state/zipmount/log."""
+    state = os.environ.get("XDG_STATE_HOME")
+    if state:
+        base = os.path.join(state, "zipmount", "log")
+    elif os.geteuid() == 0:
         base = "/var/log/zipmount"
     else:
-        state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-        base = os.path.join(state, "zipmount", "log")
+        base = os.path.expanduser("~/.local/state/zipmount/log")
     name = os.path.abspath(mountpoint).strip("/").replace("/", "-") or "root"
     return os.path.join(base, f"{name}.log")
 
