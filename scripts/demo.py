@@ -29,7 +29,7 @@ def step(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def show_tree(root: Path, max_depth: int = 5, per_dir: int = 4) -> None:
+def show_tree(root: Path, max_depth: int = 4, per_dir: int = 3) -> None:
     """The tree under ``root``, every level down to ``max_depth``, ``per_dir`` entries a
     directory (then how many more)."""
 
@@ -37,10 +37,12 @@ def show_tree(root: Path, max_depth: int = 5, per_dir: int = 4) -> None:
         entries = sorted(path.iterdir(), key=lambda p: (not p.is_dir(), p.name))
         for entry in entries[:per_dir]:
             indent = "  " * (depth + 1)
-            if entry.is_dir():
+            if entry.is_dir() and depth + 1 < max_depth:
                 print(f"  {indent}{entry.name}/")
-                if depth + 1 < max_depth:
-                    walk(entry, depth + 1)
+                walk(entry, depth + 1)
+            elif entry.is_dir():
+                count = len(os.listdir(entry))
+                print(f"  {indent}{entry.name}/  ({count} entr{'y' if count == 1 else 'ies'})")
             else:
                 print(f"  {indent}{entry.name}  ({entry.stat().st_size:,} bytes)")
         if len(entries) > per_dir:

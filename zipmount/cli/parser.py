@@ -83,7 +83,7 @@ def _storage_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-verify-tls", action="store_true",
                    help="do not verify TLS certificates (insecure; logged as a warning)")
     g.add_argument("--profile", help="AWS profile name for credentials (default: the AWS chain)")
-    g.add_argument("--env-file", help=".env file with STORAGE_ACCESS_KEY, STORAGE_SECRET_KEY, "
+    g.add_argument("--env-file", help="a .env file with STORAGE_ACCESS_KEY, STORAGE_SECRET_KEY, "
                                       "ENDPOINT_FULL (default: none)")
     g.add_argument("--anonymous", action="store_true",
                    help="unsigned requests, for public buckets")
