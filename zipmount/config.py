@@ -35,6 +35,14 @@ def parse_size(value: Any, what: str = "size") -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
 
 
+def human_size(n: int) -> str:
+    """``1.5 MiB``, ``100 KiB``, ``12 bytes``: binary units, as sizes are given."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.4g} {unit}"
+    return f"{n} bytes"
+
+
 def parse_duration(value: Any, what: str, *, allow_zero: bool) -> float:
     """``30``, ``30s``, ``500ms``, ``5m``, ``1h`` -> seconds; never negative (nor 0 unless
     ``allow_zero``)."""

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import Config, MountConfig
+from .config import Config, MountConfig, human_size
 from .engine import Engine
 from .errors import ObjectNotFound, SourceError, UsageError, ZipmountError
 from .source import Source
@@ -126,6 +126,9 @@ class Daemon:
 
     def prepare(self) -> None:
         """Connect every source and check every mountpoint; nothing is mounted yet."""
+        c = self.config.cache
+        log.info("cache: %s in memory, %s", human_size(c.memory),
+                 f"{human_size(c.size)} on disk in {c.dir}" if c.dir else "no disk cache")
         for mount in self.config.mounts:
             check_mountpoint(mount.mountpoint)
             source, path = self.engine.source(mount.source)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import Config, default_cache_dir, load_config, parse_size
+from ..config import Config, default_cache_dir, human_size, load_config, parse_size
 from ..errors import ZipmountError
 
 
@@ -42,10 +42,3 @@ def cmd_cache(args: argparse.Namespace) -> int:
         store.close()
     return 0
 
-
-def human_size(n: int) -> str:
-    """``1.5 MiB``, ``100 KiB``, ``12 bytes``: binary units, as sizes are given."""
-    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.4g} {unit}"
-    return f"{n} bytes"

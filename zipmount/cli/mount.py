@@ -37,7 +37,8 @@ def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
     if not args.foreground:
         from ..daemon import run_background
 
-        setup_logging(cfg.log_level, None)
+        setup_logging(cfg.log_level, None, terse=True)
+        _warn_if_insecure(cfg)  # here on the terminal, and again in the daemon's log
         started = run_background(_absolute_argv(argv, cfg), cfg)
         for mount in cfg.mounts:
             print(f"mounted {mount.source} on {mount.mountpoint}"
@@ -45,12 +46,16 @@ def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"daemon pid {started.pid}, log {started.log}")
         return 0
     setup_logging(cfg.log_level, cfg.log_file, background=args.ready_fd is not None)
-    if not cfg.storage.verify_tls:
-        log.warning("TLS certificate verification is OFF (--no-verify-tls): connections to %s "
-                    "can be intercepted", cfg.storage.endpoint_url)
+    _warn_if_insecure(cfg)
     from ..daemon import run_foreground
 
     return run_foreground(cfg, args.ready_fd)
+
+
+def _warn_if_insecure(cfg: Config) -> None:
+    if not cfg.storage.verify_tls:
+        log.warning("TLS certificate verification is OFF (--no-verify-tls): connections to %s "
+                    "can be intercepted", cfg.storage.endpoint_url)
 
 
 def _absolute_argv(argv: list[str], cfg: Config) -> list[str]:
