@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from .config import Config, MountConfig, human_size
 from .engine import Engine
-from .errors import ObjectNotFound, SourceError, UsageError, ZipmountError
+from .errors import SourceError, UsageError, ZipmountError
 from .source import Source
 from .tree import Tree
 
@@ -224,8 +224,6 @@ def check_live(source: Source, path: str) -> None:
     cache could serve it without a request: a broken mount fails here, not at the first read."""
     try:
         source.stat(path)
-    except ObjectNotFound:
-        raise
     except SourceError as exc:
         endpoint = source.options.endpoint_url or ""
         text = str(exc)
