@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import os
 import re
+import subprocess
 import threading
 from pathlib import Path
 
@@ -273,3 +274,28 @@ def test_every_argument_has_help_and_every_command_an_example(zm, command):
         for option in ("--ttl", "--timeout", "--memory", "--cache-size"):
             text = re.search(rf"{option} \w+\s+(.*?)(?=\n  -|\Z)", body, re.S)
             assert text and "default" in text.group(1), (option, body)
+
+
+def test_under_systemd_a_background_mount_logs_to_the_journal(zm, tmp_path):
+    """With stderr being the journal stream (JOURNAL_STREAM names its device:inode, as systemd
+    sets it), the daemon logs there and no file is made."""
+    mp = zm.mountpoint()
+    journal = tmp_path / "journal.txt"
+    with open(journal, "wb") as err:
+        st = os.fstat(err.fileno())
+        env = zm.env(JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+        cmd = [str(zm.exe), "mount", "s3://data/single/stored.zip", str(mp), *zm.storage_args(),
+               "--cache-dir", str(zm.new_dir("cache-"))]
+        try:
+            r = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
+                               timeout=60)
+            assert r.returncode == 0, journal.read_text()
+            assert "log the journal" in r.stdout, r.stdout
+            logs = zm.run("logs", mp, env=env)
+            assert re.search(r"logs to the journal: journalctl _PID=\d+", logs.stdout), \
+                logs.describe()
+            assert zm.run("umount", mp).rc == 0
+        finally:
+            assert cleanup([mp], [mp]) == []
+    assert "mounted s3://data/single/stored.zip" in journal.read_text()
+    assert not list(Path(env["XDG_STATE_HOME"]).rglob(f"*{mp.name}.log")), "a log file was made"

@@ -32,6 +32,16 @@ log = logging.getLogger(__name__)
 MOUNT_TIMEOUT = 20.0
 
 
+def stderr_is_the_journal() -> bool:
+    """True if stderr is systemd's journal stream (JOURNAL_STREAM names its device:inode)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(2)
+    except OSError:
+        return False
+    return bool(stream) and stream == f"{st.st_dev}:{st.st_ino}"
+
+
 def notify(message: str) -> None:
     """sd_notify(3): send ``message`` to systemd if we run under ``Type=notify``."""
     address = os.environ.get("NOTIFY_SOCKET")
@@ -118,8 +128,7 @@ class Daemon:
         """What ``zipmount stats``, ``logs`` and ``umount`` read about this daemon."""
         return {"mounts": len(self.trees),
                 "mountpoints": [t.config.mountpoint for t in self.trees],
-                "log": self.config.log_file or
-                ("journal" if os.environ.get("JOURNAL_STREAM") else "stderr"),
+                "log": self.config.log_file or ("journal" if stderr_is_the_journal() else "stderr"),
                 "offline": self.config.offline}
 
     # -- life cycle -----------------------------------------------------------------------------
@@ -324,7 +333,7 @@ def run_background(argv: list[str], config: Config) -> Started:
     from .config import default_log_file
 
     log_file = config.log_file
-    if not log_file and not os.environ.get("JOURNAL_STREAM"):
+    if not log_file and not stderr_is_the_journal():
         log_file = default_log_file(config.mounts[0].mountpoint)
         argv = [*argv, "--log-file", log_file]
     if log_file:
