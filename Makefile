@@ -9,7 +9,7 @@ PIP_FLAGS := --quiet --disable-pip-version-check
 
 PYTEST := $(VENV)/bin/python -m pytest
 
-.PHONY: all system-deps venv test lint demo bench fuzz clean
+.PHONY: all system-deps venv test lint demo bench fuzz cli-docs clean
 
 all: test
 
@@ -53,6 +53,10 @@ bench: venv
 
 fuzz: $(VENV)/.installed
 	ZIPMOUNT_FUZZ_EXAMPLES=20000 $(VENV)/bin/python -m pytest tests/test_fuzz.py
+
+# The man page and bash/zsh completions, generated from the argument parser, into build/.
+cli-docs: $(VENV)/.installed
+	$(VENV)/bin/python scripts/cli_docs.py build
 
 clean:
 	rm -rf $(VENV) $(ZARR3_VENV) .bench .demo build *.egg-info
