@@ -20,7 +20,7 @@ from .config import CacheConfig
 from .errors import ZipmountError
 from .source import Source, StorageOptions
 from .stats import Stats
-from .tree import DEFAULT_SUFFIXES, Reach, Tree, open_tree
+from .tree import DEFAULT_SUFFIXES, Reach, Tree, View, open_tree
 from .tree.indexes import IndexLRU
 
 if TYPE_CHECKING:
@@ -102,21 +102,25 @@ class Engine:
         return self.tree_for(source, path, suffixes=suffixes, root=root)
 
     def tree_for(self, source: Source, path: str, *, suffixes: tuple[str, ...] = DEFAULT_SUFFIXES,
-                 root: str | None = None, ttl: float | None = None) -> Tree:
-        """The tree of ``path`` in ``source``, checked now (``ttl``: default the config's)."""
+                 root: str | None = None, ttl: float | None = None,
+                 view: View | None = None) -> Tree:
+        """The tree of ``path`` in ``source``, checked now (``ttl``: default the config's;
+        ``view``: the versions to serve, pinned by another process, see :func:`open_tree`)."""
         tree = open_tree(Reach(source, self.cache, self.stats, self.indexes), path, suffixes=suffixes,
-                         root=root, ttl=self.settings.ttl if ttl is None else ttl)
+                         root=root, ttl=self.settings.ttl if ttl is None else ttl, view=view)
         self.trees.add(tree)
         return tree
 
     def filesystem_tree(self, fs: fsspec.AbstractFileSystem, path: str, *, timeout: float,
                         known: dict[str, Any] | None = None,
                         suffixes: tuple[str, ...] = DEFAULT_SUFFIXES, root: str | None = None,
-                        ttl: float | None = None) -> Tree:
+                        ttl: float | None = None, view: View | None = None) -> Tree:
         """The tree of ``path`` in an fsspec filesystem built by the caller (the fsspec
-        front-end); ``known``: that object's fsspec details, if the caller has them."""
+        front-end); ``known``: that object's fsspec details, if the caller has them; ``view``:
+        the versions another process pinned. Its reads keep ``timeout``, whatever the shared
+        cache's own."""
         source = Source.for_filesystem(fs, StorageOptions(timeout=timeout), self.stats, known)
-        return self.tree_for(source, path, suffixes=suffixes, root=root, ttl=ttl)
+        return self.tree_for(source, path, suffixes=suffixes, root=root, ttl=ttl, view=view)
 
     def gauges(self) -> dict[str, float]:
         disk = self.cache.disk

@@ -161,6 +161,9 @@ class Source:
 
     def _info(self, timeout: float, path: str) -> dict[str, Any]:
         fs = self.fs
+        # A caller's filesystem (fsspec's fo=s3.open(...)) may answer from its listings
+        # cache: a revalidation must ask the server.
+        fs.invalidate_cache(path)
         if self._async:
             return self._run(timeout, fs._info(path))
         return fs.info(path)
