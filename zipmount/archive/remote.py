@@ -32,7 +32,9 @@ class CachedObject:
             raise
 
     def read(self, start: int, end: int) -> bytes:
-        return self.cache.read(self.key, self.obj.size, start, end, self._fetch)
+        # The deadline is this source's (its filesystem's or mount's), not the shared cache's.
+        return self.cache.read(self.key, self.obj.size, start, end, self._fetch,
+                               timeout=self.source.options.timeout)
 
     @property
     def readahead_max(self) -> int:
