@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from robust.faultproxy import FaultProxy, Hang, always, fault_proxy
 from robust.s3http import ACCESS_KEY, REGION, SECRET_KEY, HttpS3, moto_http_server
+from support.locks import stopped_holder
 
 BUCKET = "fsspec-faults"
 
@@ -84,3 +85,33 @@ def test_a_read_waiting_for_a_shared_block_keeps_its_own_filesystems_timeout(
     reader.join(60)  # the hang is over: the patient read retries within its 60 s
     assert results["m1"] == files["m1.bin"]
     assert hasty.cat_file("m2.bin") == files["m2.bin"]
+
+
+def test_a_stopped_process_holding_the_cache_ledger_stalls_no_filesystem(
+        served: tuple[HttpS3, FaultProxy], tmp_path: Path):
+    """A new filesystem on the cache dir opens, lists and reads an archive it never saw
+    (its index and its view are written to the cache on the way) within its own timeout."""
+    s3, proxy = served
+    data, files = _two_small_members_then_a_filler()
+    s3.put(BUCKET, "ledger-held.zip", data)
+    cache = tmp_path / "cache"
+    s3.put(BUCKET, "first.zip", data)
+    _filesystem(proxy, "first.zip", cache, timeout=5)  # the cache dir and its ledger exist
+    results: dict[str, object] = {}
+
+    def use_a_new_filesystem() -> None:
+        try:
+            fs = _filesystem(proxy, "ledger-held.zip", cache, timeout=5)
+            results["ls"] = sorted(fs.ls("", detail=False))
+            results["cat"] = fs.cat(sorted(files))
+        except Exception as exc:  # noqa: BLE001 - handed to the test
+            results["error"] = exc
+
+    with stopped_holder(cache / "ledger"):
+        user = threading.Thread(target=use_a_new_filesystem, daemon=True)
+        user.start()
+        user.join(60)  # a liveness bound: a wait on the stuck lock never ends
+        assert not user.is_alive(), "blocked on the ledger lock of a stopped process"
+    assert "error" not in results, results
+    assert results["ls"] == sorted(files)
+    assert results["cat"] == files
