@@ -531,26 +531,32 @@ def test_the_fo_recipe_sees_a_replacement_through_the_callers_listings_cache(s3,
     _until_new_version(lambda: fs.cat_file("b.bin"), new_files["b.bin"])
 
 
-def test_an_unpickled_copy_reads_the_version_its_parent_pinned_or_fails_stale(s3, s3opts, odd):
+@pytest.mark.parametrize(("url", "inside"), [("pinned.zip", ""), ("pinned/", "one.zip/")])
+def test_an_unpickled_copy_reads_the_version_its_parent_pinned_or_fails_stale(s3, s3opts, odd,
+                                                                             url, inside):
+    """One archive, and a prefix of archives."""
+    key = url if url.endswith(".zip") else f"{url}one.zip"
     old, old_files = _stored_zip(21)
     new, _ = _stored_zip(22)
-    s3.put_bytes(odd, "pinned.zip", old)
-    parent = ZipmountFileSystem(fo=f"s3://{odd}/pinned.zip", target_options=s3opts, ttl=600,
+    s3.put_bytes(odd, key, old)
+    parent = ZipmountFileSystem(fo=f"s3://{odd}/{url}", target_options=s3opts, ttl=600,
                                 disk_cache=False, skip_instance_cache=True)
-    assert parent.cat(["a.bin", "b.bin"]) == old_files  # in its memory cache from now on
+    names = [f"{inside}a.bin", f"{inside}b.bin"]
+    want = {f"{inside}{name}": data for name, data in old_files.items()}
+    assert parent.cat(names) == want  # in its memory cache from now on
     blob = pickle.dumps(parent)
-    s3.put_bytes(odd, "pinned.zip", new)
+    s3.put_bytes(odd, key, new)
     script = ("import errno, pickle, sys\n"
               "try:\n"
-              "    data = pickle.loads(sys.stdin.buffer.read()).cat_file('b.bin')\n"
+              "    data = pickle.loads(sys.stdin.buffer.read()).cat_file(sys.argv[1])\n"
               "except OSError as exc:\n"
               "    print('errno', exc.errno); sys.exit(0)\n"
               "sys.stdout.buffer.write(data)\n")
-    r = run([sys.executable, "-c", script], stdin=blob, timeout=60)
+    r = run([sys.executable, "-c", script, names[1]], stdin=blob, timeout=60)
     assert r.rc == 0, r.describe()
     assert r.stdout_bytes == old_files["b.bin"] or \
         r.stdout == f"errno {errno.ESTALE}\n", r.stdout_bytes[:80]
-    assert parent.cat_file("b.bin") == old_files["b.bin"]  # the parent still serves v1
+    assert parent.cat_file(names[1]) == old_files["b.bin"]  # the parent still serves v1
 
 
 def _read_spread(f, size: int) -> list[bytes]:
