@@ -20,6 +20,7 @@ from robust.s3http import ACCESS_KEY, REGION, SECRET_KEY, HttpS3, moto_http_serv
 from support.locks import stopped_holder
 
 BUCKET = "fsspec-faults"
+pytestmark = pytest.mark.s3  # every test here talks to the moto server of `served`
 
 
 @pytest.fixture(scope="module")

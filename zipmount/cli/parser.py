@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import NoReturn
 
 from .. import __version__
 from ..config import default_cache_dir, parse_size
@@ -10,7 +11,7 @@ from ..errors import UsageError
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
+    def error(self, message: str) -> NoReturn:  # one line, exit 2
         raise UsageError(message)
 
 
@@ -50,9 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--root", help="serve this subdirectory of each archive as its root")
     m.add_argument("--suffix", action="append", dest="suffixes",
                    help="archive name suffix in prefix mounts (repeatable; default .zip, .rkns)")
+    m.add_argument("--archives-only", action="store_true",
+                   help="prefix mounts: hide the objects that are not archives")
+    m.add_argument("--read-ahead", help="the kernel's read-ahead window for the mount, e.g. 1MiB "
+                   "(the default; set where the daemon may: root)")
     m.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     m.add_argument("-o", dest="fuse_options", action="append", default=[],
-                   help="allow_other,uid=N,gid=N,umask=NNN")
+                   help="allow_other,uid=N,gid=N,umask=NNN. Modes are the permission bits "
+                   "the archive stores (setuid/setgid dropped); entries without them are 0644, "
+                   "directories 0755; umask masks them all")
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     _storage_args(m)
 
