@@ -81,12 +81,15 @@ class BlockCache:
             self._writer = threading.Thread(target=self._write_runs, name="zipmount-disk", daemon=True)
             self._writer.start()
 
-    def read(self, key: str, size: int, start: int, end: int, fetch: Fetch) -> bytes:
-        """Bytes ``[start, end)`` of the object ``key`` of ``size`` bytes."""
+    def read(self, key: str, size: int, start: int, end: int, fetch: Fetch,
+             timeout: float | None = None) -> bytes:
+        """Bytes ``[start, end)`` of the object ``key`` of ``size`` bytes; ``timeout``: this
+        read's bound on waiting for requests other reads started (default: the cache's)."""
         end = min(end, size)
         if start >= end:
             return b""
-        deadline = time.monotonic() + self.timeout
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         bs = self.block_size
         first, last = start // bs, (end - 1) // bs
         found: dict[int, memoryview] = {}
@@ -109,7 +112,7 @@ class BlockCache:
                 self._fetch_run(*pieces[0])
             # This read's own pieces each end within the source's timeout once started; a
             # request started by another read is waited for at most ``timeout``.
-            found.update((i, fut.result() if i in own else self._wait(fut, deadline))
+            found.update((i, fut.result() if i in own else self._wait(fut, deadline, timeout))
                          for i, fut in waits.items())
         offset = start - first * bs
         if first == last:
@@ -120,11 +123,11 @@ class BlockCache:
         parts[-1] = parts[-1][: end - last * bs]
         return b"".join(parts)
 
-    def _wait(self, fut: Future[memoryview], deadline: float) -> memoryview:
+    def _wait(self, fut: Future[memoryview], deadline: float, timeout: float) -> memoryview:
         try:
             return fut.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
-            raise SourceError(f"no data within {self.timeout:g} s "
+            raise SourceError(f"no data within {timeout:g} s "
                               "(waiting for a request another read started)") from None
 
     def prefetch(self, key: str, size: int, start: int, end: int, fetch: Fetch) -> None:
