@@ -26,10 +26,10 @@ import pytest
 from robust.zips import RawMember, raw_zip
 
 from zipmount.archive import Archive, CachedObject, Decoding
-from zipmount.archive.decoded import CELL
 from zipmount.archive.decompress import DecoderBudget
 from zipmount.archive.decompress import checkpoints as ck
 from zipmount.archive.decompress import streams as st
+from zipmount.archive.decompress.cells import CELL, FILL_AFTER
 from zipmount.archive.layout import WHOLE_MEMBER_MAX
 from zipmount.archive.members import SPILL_MIN
 from zipmount.cache import BlockCache, DiskTier
@@ -443,6 +443,35 @@ def test_concurrent_random_readers_share_the_decode_of_a_cell(workdir):
         assert not any(t.is_alive() for t in threads), "a reader hung"
         assert not errors, errors[:5]
         assert 1 <= archive.cached.cache.stats.counters["cells_decoded"] <= CELLS
+
+
+def test_a_member_read_at_random_on_and_on_is_decoded_whole_in_the_background(workdir):
+    plain = text(19, (FILL_AFTER + 4) * CELL + CELL // 2)
+    cells = -(-len(plain) // CELL)
+    with opened(write_zip(workdir, [member("big", DEFLATE, plain)]), workdir / "cache",
+                memory=128 * MiB) as archive:  # every cell stays in memory: each made once
+        counters = archive.cached.cache.stats.counters
+        reader = archive.reader(archive.entries["big"])
+        for cell in range(cells - 1, cells - 1 - FILL_AFTER, -1):  # FILL_AFTER cells on demand
+            offset = cell * CELL + 5000
+            assert reader.read(offset, 4096) == plain[offset: offset + 4096]
+        reader.close()
+        deadline = time.monotonic() + 60
+        while counters["cells_decoded"] < cells and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert counters["cells_decoded"] == cells, "the rest of the member was not filled"
+        assert counters["cell_bytes_decoded"] <= 2 * len(plain)
+        random_reads(archive, "big", plain, 100, seed=6)  # new offsets: no decode any more
+        assert counters["cells_decoded"] == cells
+
+
+def test_a_member_read_at_a_few_offsets_is_not_filled(workdir):
+    plain = text(19, (FILL_AFTER + 4) * CELL + CELL // 2)
+    with opened(write_zip(workdir, [member("big", DEFLATE, plain)]), workdir / "cache") as archive:
+        random_reads(archive, "big", plain, 3, seed=7)
+        made = archive.cached.cache.stats.counters["cells_decoded"]
+        time.sleep(1)  # a fill, had one started, would have made more meanwhile
+        assert made == archive.cached.cache.stats.counters["cells_decoded"] <= 3
 
 
 def test_a_replaced_archive_never_serves_the_old_decoded_cells(workdir):

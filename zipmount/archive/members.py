@@ -11,8 +11,8 @@ import threading
 import zipfile
 
 from ..errors import ArchiveError
-from .decoded import CELL, DecodedCells
 from .decompress import Decoding, MemberStream, crc32
+from .decompress.cells import CELL, DecodedCells
 from .decompress.streams import PIECE, WINDOW
 from .layout import WHOLE_MEMBER_MAX
 from .readahead import Prefetcher, readahead_max
@@ -127,7 +127,7 @@ class CompressedReader(MemberReader):
     turns (a stream has one position).
 
     Random reads of a big deflated member are served from its decoded cells in the block cache
-    (:mod:`.decoded`), in parallel; reads that walk on stay with the stream. A big bzip2/LZMA
+    (:mod:`.decompress.cells`), in parallel; reads that walk on stay with the stream. A big bzip2/LZMA
     member switches to its spill file (when there is a disk cache) when a read steps back past
     the stream's window; spill failures of any kind fall back to the stream.
     """
@@ -136,7 +136,7 @@ class CompressedReader(MemberReader):
         super().__init__(view)
         entry = view.entry
         self.stream = MemberStream(view, decoding.checkpoints, decoding.park, decoding.budget)
-        self.cells = DecodedCells(view, decoding.checkpoints, decoding.budget) \
+        self.cells = DecodedCells(view, decoding.checkpoints, decoding.budget, decoding.fills) \
             if entry.method == zipfile.ZIP_DEFLATED and entry.size > WINDOW else None
         self.spills = spills
         self.spillable = (entry.method in SPILL_METHODS and entry.size >= SPILL_MIN

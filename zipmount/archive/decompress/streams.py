@@ -23,7 +23,7 @@ order, restarted at every backward step). Here:
   with a disk cache, a bzip2/LZMA member of at least SPILL_MIN bytes (and at most a quarter of
   the disk cache) is decompressed once into the disk cache at its first such step, or at a
   handle's first read beyond WINDOW, and read from there. Deflate members never spill: their
-  random reads are served from decoded cells in the block cache (:mod:`..decoded`), each made
+  random reads are served from decoded cells in the block cache (:mod:`.cells`), each made
   once from a checkpoint. Without a disk cache (or when the
   spill cannot be written), random access into a big bzip2/LZMA member costs a decompression
   from its start per backward jump: bounded memory, unbounded time.
