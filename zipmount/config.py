@@ -97,6 +97,10 @@ class MountConfig:
     suffixes: tuple[str, ...] = DEFAULT_SUFFIXES
     root: str | None = None
     options: FuseOptions = field(default_factory=FuseOptions)
+    archives_only: bool = False  # prefix mounts: hide the objects that are not archives
+    # The kernel's read-ahead window, set where the daemon may (zipmount/kernel_readahead.py):
+    # 1 MiB, the largest READ libfuse 3 negotiates (docs/BENCHMARKS.md, "Kernel read-ahead").
+    read_ahead: int = 1024 * 1024
 
 
 @dataclass
@@ -149,7 +153,8 @@ _CACHE_KEYS = {"memory": (int, str), "dir": str, "size": (int, str), "ttl": (int
                "enabled": bool, "index_memory": (int, str)}
 _LOGGING_KEYS = {"level": str, "file": str}
 _METRICS_KEYS = {"listen": str}
-_MOUNT_KEYS = {"source": str, "mountpoint": str, "suffixes": list, "root": str, "options": dict}
+_MOUNT_KEYS = {"source": str, "mountpoint": str, "suffixes": list, "root": str, "options": dict,
+               "archives_only": bool, "read_ahead": (int, str)}
 _OPTION_KEYS = {"allow_other": bool, "uid": int, "gid": int, "umask": (int, str)}
 
 
@@ -252,7 +257,9 @@ def _mount(item: Any, where: str) -> MountConfig:
     umask = options.get("umask")
     return MountConfig(
         source=item["source"], mountpoint=item["mountpoint"], suffixes=tuple(suffixes),
-        root=item.get("root"),
+        root=item.get("root"), archives_only=bool(item.get("archives_only")),
+        read_ahead=MountConfig.read_ahead if item.get("read_ahead") is None else
+        parse_size(item["read_ahead"], f"{where}: read_ahead"),
         options=FuseOptions(allow_other=bool(options.get("allow_other")), uid=options.get("uid"),
                             gid=options.get("gid"),
                             umask=None if umask is None else parse_umask(umask, where)),

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from .config import Config, MountConfig, human_size
 from .engine import Engine
 from .errors import SourceError, UsageError, ZipmountError
+from .kernel_readahead import set_read_ahead
 from .source import Source
 from .tree import Tree
 
@@ -143,29 +144,35 @@ class Daemon:
                             mount.source, source.options.endpoint_url or source.location)
             else:
                 check_live(source, path)
-            tree = self.engine.tree_for(source, path, suffixes=mount.suffixes, root=mount.root)
+            tree = self.engine.tree_for(source, path, suffixes=mount.suffixes, root=mount.root,
+                                         archives_only=mount.archives_only)
             self.trees.append(MountedTree(mount, tree))
 
     def mount_all(self) -> None:
         """Start one FUSE session per tree and wait until each answers."""
-        from . import fuseops  # noqa: F401 - here, so a missing libfuse 3 is a one-line error
+        from .fuse import session  # noqa: F401 - here, so a missing libfuse 3 is a one-line error
         for tree in self.trees:
-            tree.thread = threading.Thread(target=self._serve, args=(tree,), daemon=True,
-                                           name=f"fuse {tree.config.mountpoint}")
-            tree.thread.start()
+            thread = threading.Thread(target=self._serve, args=(tree,), daemon=True,
+                                      name=f"fuse {tree.config.mountpoint}")
+            tree.thread = thread
+            thread.start()
         deadline = time.monotonic() + MOUNT_TIMEOUT
         for tree in self.trees:
             while not _answers(tree.config.mountpoint):
-                if tree.error is not None or not tree.thread.is_alive():
+                if tree.error is not None or tree.thread is None or not tree.thread.is_alive():
                     raise ZipmountError(f"mounting {tree.config.mountpoint} failed: "
                                         f"{tree.error or 'FUSE exited (see the log)'}")
                 if time.monotonic() > deadline:
                     raise ZipmountError(f"mounting {tree.config.mountpoint} timed out")
                 time.sleep(0.02)
             log.info("mounted %s on %s", tree.config.source, tree.config.mountpoint)
+            window = set_read_ahead(tree.config.mountpoint, tree.config.read_ahead)
+            log.info("kernel read-ahead for %s: %s", tree.config.mountpoint,
+                     "unknown" if window is None else f"{window // 1024} KiB")
 
     def _serve(self, tree: MountedTree) -> None:
-        from .fuseops import ZipOperations, serve
+        from .fuse.operations import ZipOperations
+        from .fuse.session import serve
 
         opts = tree.config.options
         ops = ZipOperations(tree.tree, self.stats, uid=opts.uid, gid=opts.gid,

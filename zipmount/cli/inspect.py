@@ -8,9 +8,9 @@ import logging
 import os
 import time
 
-from ..config import MountConfig
 from ..errors import NotFound, ZipmountError
 from ..stats import STATS_XATTR
+from ..tree import DEFAULT_SUFFIXES
 from .logs import setup_logging
 from .settings import config_from_args
 
@@ -27,8 +27,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     cfg.cache.dir = None  # listing reads only the central directory: no disk cache needed
     engine = Engine(cfg.storage, cfg.cache)
     try:
-        tree = engine.open_tree(args.source, suffixes=tuple(args.suffixes or ()) or
-                                MountConfig.__dataclass_fields__["suffixes"].default,
+        tree = engine.open_tree(args.source, suffixes=tuple(args.suffixes or ()) or DEFAULT_SUFFIXES,
                                 root=args.root)
         todo = [args.path.strip("/")]
         while todo:

@@ -9,9 +9,10 @@ import os
 import time
 from pathlib import Path
 
-from ..config import Config, MountConfig, load_config
+from ..config import Config, MountConfig, load_config, parse_size
 from ..errors import UsageError, ZipmountError
 from ..stats import STATS_XATTR
+from ..tree import DEFAULT_SUFFIXES
 from .logs import setup_logging
 from .settings import config_from_args, fuse_options
 
@@ -25,10 +26,13 @@ def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
             raise UsageError("mount needs SOURCE and MOUNTPOINT (or --config with mounts)")
         cfg.mounts = [MountConfig(
             source=args.source, mountpoint=os.path.abspath(args.mountpoint),
-            suffixes=tuple(args.suffixes) if args.suffixes else MountConfig.__dataclass_fields__[
-                "suffixes"].default, root=args.root, options=fuse_options(args.fuse_options))]
+            suffixes=tuple(args.suffixes) if args.suffixes else DEFAULT_SUFFIXES, root=args.root,
+            options=fuse_options(args.fuse_options), archives_only=args.archives_only)]
     elif not cfg.mounts:
         raise UsageError("mount needs SOURCE and MOUNTPOINT, or --config FILE with 'mounts'")
+    if args.read_ahead is not None:
+        for mount in cfg.mounts:
+            mount.read_ahead = parse_size(args.read_ahead, "--read-ahead")
     for mount in cfg.mounts:
         if not os.path.lexists(mount.mountpoint):
             raise UsageError(f"mountpoint {mount.mountpoint} does not exist (mkdir -p it first)")

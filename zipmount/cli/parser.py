@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from typing import NoReturn
 
 from .. import __version__
 from ..config import (
@@ -33,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(*args, **kwargs)
 
-    def error(self, message: str) -> None:  # one line, exit 2
+    def error(self, message: str) -> NoReturn:  # one line, exit 2
         raise UsageError(message)
 
 
@@ -168,18 +169,28 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("source", nargs="?", type=source_url, metavar="SOURCE",
                    help="s3://bucket/key.zip (one archive), s3://bucket/prefix/ (every archive "
                         "below it), or a local path")
-    m.add_argument("mountpoint", nargs="?", metavar="MOUNTPOINT", help="an existing directory to mount on")
-    m.add_argument("--root", metavar="SUBDIR", help="serve this subdirectory of each archive as its root "
-                                  "(default: the archive's root)")
+    m.add_argument("mountpoint", nargs="?", metavar="MOUNTPOINT",
+                   help="an existing directory to mount on")
+    m.add_argument("--root", metavar="SUBDIR",
+                   help="serve this subdirectory of each archive as its root (default: the "
+                        "archive's root)")
     m.add_argument("--suffix", metavar="SUFFIX", action="append", dest="suffixes",
                    help=f"archive name suffix in prefix mounts (repeatable; default {_SUFFIXES})")
+    m.add_argument("--archives-only", action="store_true",
+                   help="prefix mounts: hide the objects that are not archives (default: show "
+                        "every object, archives as directories)")
+    m.add_argument("--read-ahead", metavar="SIZE", type=size("--read-ahead"),
+                   help="the kernel's read-ahead window for the mount (default 1MiB; set where "
+                        "the daemon may: root)")
     m.add_argument("-f", "--foreground", action="store_true",
                    help="stay in the foreground, logging to stderr (default: background daemon)")
     m.add_argument("--offline", action="store_true",
                    help="do not check the endpoint first: serve what the cache holds even if the "
                         "endpoint cannot be reached (logged)")
     m.add_argument("-o", metavar="OPTIONS", dest="fuse_options", action="append", default=[],
-                   help="FUSE options: allow_other,uid=N,gid=N,umask=NNN (default: none)")
+                   help="FUSE options: allow_other,uid=N,gid=N,umask=NNN (default: none). Modes "
+                        "are the permission bits the archive stores (setuid/setgid dropped); "
+                        "entries without them are 0644, directories 0755; umask masks them all")
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     _storage_args(m)
 

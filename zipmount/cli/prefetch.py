@@ -5,10 +5,12 @@ suffix, as a prefix mount shows them; a path with none below it is one archive) 
 them, the directories of other files, which are read by ``--jobs`` threads at once, each by one
 thread in name order so that the daemon's read-ahead follows it. An archive that vanishes during
 the run (replaced or deleted on the server) is reported and the run fails; the others go on.
-``--metadata-only`` lists every archive (the daemon loads and persists its index) and reads no
-file. An interrupted run leaves a journal of the archives it finished; the same command run again
-skips those whose size and mtime are unchanged. A run that completes removes its journal, so the
-next one reads everything again (from the cache if it is still there).
+``--metadata-only`` lists every archive (the daemon loads and persists its index) and reads only
+its zarr metadata files (``ZARR_METADATA``: a few hundred bytes each, next to one another), so a
+reader's first chunk of an archive costs one request. An interrupted run leaves a journal of the
+archives it finished; the same command run again skips those whose size and mtime are unchanged.
+A run that completes removes its journal, so the next one reads everything again (from the cache
+if it is still there).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ..errors import UsageError, ZipmountError
 from ..tree import DEFAULT_SUFFIXES
 
 READ_SIZE = 1 << 20
+ZARR_METADATA = frozenset({".zgroup", ".zarray", ".zattrs", ".zmetadata", "zarr.json"})
 
 
 @dataclass
@@ -208,8 +211,7 @@ def _prefetch_unit(unit: Unit, metadata_only: bool, progress: Progress, limit: R
         progress.add(failed=1)
         return False
     if metadata_only:
-        progress.add(archive=unit.archive)
-        return True
+        unit.files = [f for f in unit.files if os.path.basename(f) in ZARR_METADATA]
     ok = True
     buffer = bytearray(READ_SIZE)
     for name in unit.files:
