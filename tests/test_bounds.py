@@ -39,7 +39,7 @@ from robust.zips import RawMember, plain_zip, random_bytes, raw_zip
 
 from zipmount.config import CacheConfig
 from zipmount.engine import Engine
-from zipmount.fuseops import MAX_THREADS
+from zipmount.fuse.session import MAX_THREADS
 from zipmount.source import StorageOptions
 
 MiB = 2**20

@@ -150,7 +150,6 @@ def test_backslashes_are_characters_in_a_unix_archive_and_separators_in_a_dos_on
 
 def test_ntfs_time_wins_then_extended_time_then_dos_local_time(fm):
     mp = fm.mountpoint / "times.zip"
-    # empty members: CRC 0, so the mtime is exactly the entry's
     assert os.stat(mp / "ntfs").st_mtime_ns == NTFS_NS
     assert os.stat(mp / "unix").st_mtime_ns == 1_600_000_000 * 10**9
     dos = time.mktime((2024, 5, 17, 12, 30, 42, 0, 0, -1))  # robust.zips' DOS time, local

@@ -24,9 +24,12 @@ from pathlib import Path
 import pytest
 from robust.zips import RawMember, raw_zip
 
-from zipmount.archive import Archive, CachedObject
-from zipmount.archive import decompress as dz
-from zipmount.archive.members import SPILL_MIN, WHOLE_MEMBER_MAX
+from zipmount.archive import Archive, CachedObject, Decoding
+from zipmount.archive.decompress import DecoderBudget
+from zipmount.archive.decompress import checkpoints as ck
+from zipmount.archive.decompress import streams as st
+from zipmount.archive.layout import WHOLE_MEMBER_MAX
+from zipmount.archive.members import SPILL_MIN
 from zipmount.cache import BlockCache, DiskTier
 from zipmount.errors import ArchiveError
 from zipmount.source import Source, StorageOptions
@@ -84,13 +87,16 @@ def workdir(tmp_path: Path) -> Path:
 
 @contextlib.contextmanager
 def opened(path: Path, disk_root: Path | None = None, disk_size: int = 256 * MiB,
-           memory: int = 32 * MiB) -> Iterator[Archive]:
+           memory: int = 32 * MiB, decoding: Decoding | None = None) -> Iterator[Archive]:
+    """The archive at ``path`` through the real layers (``decoding``: shared with another
+    archive, as an engine shares it; default a fresh one)."""
     stats = Stats()
     source, inner = Source.for_url(str(path), StorageOptions(timeout=10, retries=0), stats)
     disk = DiskTier(disk_root, disk_size) if disk_root is not None else None
     cache = BlockCache(memory, disk, stats)
     try:
-        yield Archive.open(CachedObject(source, source.stat(inner), cache), disk)
+        yield Archive.open(CachedObject(source, source.stat(inner), cache), disk,
+                           decoding or Decoding())
     finally:
         cache.close()  # closes the disk tier too
 
@@ -219,12 +225,12 @@ def test_random_reads_of_a_deflated_member_start_from_its_checkpoints(workdir):
         rng = random.Random(4)
         entry = archive.entries["big"]
         for _ in range(30):
-            dz.PARKED.take(archive.member_version(entry))  # no parked stream: checkpoints only
+            archive.decoding.park.take(archive.member_version(entry))  # checkpoints only
             reader = archive.reader(entry)  # a new handle: the member's checkpoints
             offset = rng.randrange(len(plain))
             assert reader.read(offset, 4096) == plain[offset: offset + 4096]
             stream = reader.stream.stream
-            assert offset - stream.started_at <= dz.CHECKPOINT_EVERY + dz.PIECE, \
+            assert offset - stream.started_at <= ck.CHECKPOINT_EVERY + st.PIECE, \
                 f"decompressed {offset - stream.started_at} bytes to reach {offset}"
             reader.close()
 
@@ -232,9 +238,10 @@ def test_random_reads_of_a_deflated_member_start_from_its_checkpoints(workdir):
 def test_a_random_read_fetches_the_input_up_to_the_next_checkpoint_at_once(workdir):
     plain = random.Random(10).randbytes(64 * MiB)  # over WHOLE_MEMBER_MAX: not fetched at open
     path = write_zip(workdir, [member("big", DEFLATE, plain)])
-    with opened(path) as archive:
-        assert read_all(archive, "big") == plain  # makes the checkpoints (kept per daemon)
-    with opened(path, memory=256 * MiB) as archive:  # a fresh block cache, as after eviction
+    decoding = Decoding()  # one engine's: its checkpoints outlive a block cache's contents
+    with opened(path, decoding=decoding) as archive:
+        assert read_all(archive, "big") == plain  # makes the checkpoints
+    with opened(path, memory=256 * MiB, decoding=decoding) as archive:  # a fresh block cache
         entry = archive.entries["big"]
         member_version = archive.member_version(entry)
         counters = archive.cached.cache.stats.counters
@@ -242,12 +249,12 @@ def test_a_random_read_fetches_the_input_up_to_the_next_checkpoint_at_once(workd
         rng = random.Random(10)
         reads = 6
         for _ in range(reads):
-            offset = rng.randrange(len(plain) - dz.CHECKPOINT_EVERY)
-            start = dz.CHECKPOINTS.nearest(member_version, offset)
-            end = dz.CHECKPOINTS.following(member_version, offset)
+            offset = rng.randrange(len(plain) - ck.CHECKPOINT_EVERY)
+            start = decoding.checkpoints.nearest(member_version, offset)
+            end = decoding.checkpoints.following(member_version, offset)
             needed += (end.in_pos if end else entry.compress_size) - (start.in_pos if start else 0)
             needed += 2 * 64 * 1024  # whole blocks at both ends
-            dz.PARKED.take(member_version)
+            decoding.park.take(member_version)
             reader = archive.reader(entry)
             assert reader.read(offset, 4096) == plain[offset: offset + 4096]
             reader.close()
@@ -268,7 +275,7 @@ def test_backward_steps_inside_the_window_reuse_the_stream(workdir):
         try:
             assert reader.read(0, 3 * MiB) == plain[: 3 * MiB]
             stream = reader.stream.stream
-            back = 3 * MiB - dz.WINDOW + 4096
+            back = 3 * MiB - st.WINDOW + 4096
             assert reader.read(back, 4096) == plain[back: back + 4096]
             assert reader.read(3 * MiB, 4096) == plain[3 * MiB: 3 * MiB + 4096]
             assert reader.stream.stream is stream, "a step back inside the window restarted"
@@ -291,16 +298,67 @@ def test_a_new_handle_goes_on_where_the_last_closed_one_stopped(workdir):
 
 
 def test_checkpoints_stay_within_their_budget(workdir):
-    store = dz.CheckpointStore(budget=8 * dz.CHECKPOINT_COST)
+    store = ck.CheckpointStore(budget=8 * ck.CHECKPOINT_COST)
     plain = text(6, 12 * MiB)
     with opened(write_zip(workdir, [member("a", DEFLATE, plain), member("b", DEFLATE, plain)])
                 ) as archive:
         for name in ("a", "b"):
             entry = archive.entries[name]
-            stream = dz.MemberStream(archive.cached, entry, archive.data_offset(entry), name, store)
+            stream = st.MemberStream(archive.view(entry), store, None, DecoderBudget())
             assert stream.read(len(plain) - 10, 10) == plain[-10:]
             assert store.used <= store.budget
-    assert store.nearest("b", len(plain)) is not None  # the most recent member is kept
+        assert store.nearest(archive.member_version(archive.entries["b"]), len(plain)) \
+            is not None  # the most recent member is kept
+
+
+def lzma_member(name: str, plain: bytes, dict_size: int) -> RawMember:
+    """An LZMA member whose header asks for a ``dict_size`` dictionary (what the decoder takes)."""
+    c = lzma.LZMACompressor(lzma.FORMAT_RAW, filters=[
+        {"id": lzma.FILTER_LZMA1, "preset": 0, "dict_size": dict_size, "lc": 3, "lp": 0, "pb": 2}])
+    body = c.compress(plain) + c.flush()
+    head = struct.pack("<BBH", 9, 4, 5) + struct.pack("<BI", (2 * 5 + 0) * 9 + 3, dict_size)
+    return RawMember(name.encode(), plain, method=LZMA, payload=head + body)
+
+
+def test_many_open_lzma_handles_stay_within_one_decoder_budget(workdir):
+    # 12 handles of members that each need an 8 MiB dictionary (filled: every handle reads past
+    # it), all open at once, read in turns: without one budget they held ~12 x 10 MiB.
+    plains = [text(20 + i, 10 * MiB) for i in range(12)]
+    path = write_zip(workdir, [lzma_member(f"m{i}", p, 8 * MiB) for i, p in enumerate(plains)])
+    budget = DecoderBudget(capacity=24 * MiB)
+    with opened(path, decoding=Decoding(budget=budget)) as archive:
+        readers = [archive.reader(archive.entries[f"m{i}"]) for i in range(12)]
+        reset_peak_rss()
+        before = peak_rss()
+        try:
+            for offset in (9 * MiB, 9 * MiB + 300_000):
+                for plain, reader in zip(plains, readers, strict=True):
+                    assert reader.read(offset, 4096) == plain[offset: offset + 4096]
+                    assert budget.used <= budget.capacity
+        finally:
+            for reader in readers:
+                reader.close()
+        grew = peak_rss() - before
+        assert budget.peak <= budget.capacity
+    # The decoders, windows and parked streams are the budget; the slack is for the read
+    # buffers, the allocator and the block cache (32 MiB in this test).
+    assert grew < budget.capacity + 48 * MiB, f"grew {grew / MiB:.0f} MiB"
+
+
+def test_closed_handles_keep_no_more_than_the_budget_and_the_engine_frees_them(workdir):
+    plains = [text(40 + i, 12 * MiB) for i in range(6)]
+    path = write_zip(workdir, [lzma_member(f"m{i}", p, 8 * MiB) for i, p in enumerate(plains)])
+    decoding = Decoding(budget=DecoderBudget(capacity=24 * MiB))
+    with opened(path, decoding=decoding) as archive:
+        for i, plain in enumerate(plains):
+            reader = archive.reader(archive.entries[f"m{i}"])
+            assert reader.read(9 * MiB, 4096) == plain[9 * MiB: 9 * MiB + 4096]
+            reader.close()  # parked for the member's next handle, charged to the budget
+            assert decoding.budget.used <= decoding.budget.capacity
+        assert decoding.budget.used > 0
+        decoding.close()
+        assert decoding.budget.used == 0
+        assert decoding.park.take(archive.member_version(archive.entries["m5"])) is None
 
 
 # -- stored members -------------------------------------------------------------------------------

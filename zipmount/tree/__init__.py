@@ -5,20 +5,23 @@ from __future__ import annotations
 import logging
 
 from ..errors import ObjectChanged
-from ..source import ObjectInfo
+from ..store import ObjectInfo
 from .archive_tree import ArchiveSlot, ArchiveTree, Reach
-from .base import DEFAULT_SUFFIXES, Node, Tree
+from .base import DEFAULT_SUFFIXES, FileReader, Node, Tree
 from .prefix import PrefixTree
 from .views import remember_view, remembered_view
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_SUFFIXES", "ArchiveTree", "Node", "PrefixTree", "Reach", "Tree", "open_tree"]
+__all__ = ["DEFAULT_SUFFIXES", "ArchiveTree", "FileReader", "Node", "PrefixTree", "Reach", "Tree",
+           "open_tree"]
 
 
 def open_tree(reach: Reach, path: str, *, suffixes: tuple[str, ...] = DEFAULT_SUFFIXES,
-              root: str | None = None, ttl: float = 60.0) -> ArchiveTree | PrefixTree:
-    """The tree for ``path``: one archive if it names an object, else the prefix's archives.
+              root: str | None = None, ttl: float = 60.0,
+              archives_only: bool = False) -> ArchiveTree | PrefixTree:
+    """The tree for ``path``: one archive if it names an object, else the prefix (its archives
+    as directories, its other objects as files unless ``archives_only``).
 
     Raises a one-line error if it cannot be served. If an earlier mount saw this path less than
     ``ttl`` ago (remembered in the cache dir), that view is served without any request, archives
@@ -32,7 +35,8 @@ def open_tree(reach: Reach, path: str, *, suffixes: tuple[str, ...] = DEFAULT_SU
         try:
             if single:
                 return _archive_tree(reach, path, objects[0], age, root, ttl)
-            tree = PrefixTree(reach, path, suffixes=suffixes, root=root, ttl=ttl)
+            tree = PrefixTree(reach, path, suffixes=suffixes, root=root, ttl=ttl,
+                              archives_only=archives_only)
             tree.apply_listing(objects, age)
             return tree
         except ObjectChanged:  # replaced since, and its index is no longer cached
@@ -42,7 +46,8 @@ def open_tree(reach: Reach, path: str, *, suffixes: tuple[str, ...] = DEFAULT_SU
         if obj is not None:
             remember_view(disk, location, path, [obj], True)
             return _archive_tree(reach, path, obj, 0.0, root, ttl)
-    tree = PrefixTree(reach, path, suffixes=suffixes, root=root, ttl=ttl)
+    tree = PrefixTree(reach, path, suffixes=suffixes, root=root, ttl=ttl,
+                              archives_only=archives_only)
     tree.relist(strict=True)
     return tree
 

@@ -28,6 +28,9 @@ What the index shows (documented in the README):
   are the target's data under the link's name, ``nlink`` counting both; a hard link whose target
   is missing, of another type, or itself (loops) is dropped with a log line, except a symlink so
   flagged: PKZIP flags symlinks that have several links, so it stays a symlink to its field;
+- permissions: a unix mode (made on unix, or PKZIP's "made by DOS" with one) gives its stored
+  bits, sticky kept, setuid and setgid dropped; without one, files 0644 (0444 with the DOS
+  read-only attribute) and directories 0755, as are implied directories;
 - fifos, devices and sockets are skipped (one log line per archive); a "fifo" with data (Info-ZIP
   ``-FI``) is a regular file;
 - members sharing bytes (overlap bombs), or running into the central directory, are dropped with

@@ -29,6 +29,7 @@ _UNIX = 3
 # Windows NTFS (10 in PKWARE's numbering, 11 in Info-ZIP's) and VFAT.
 _DOS_SYSTEMS = frozenset({0, 6, 10, 11, 14})
 _HARD_LINK = 0x800  # PKWARE: in the low (DOS) half of the external attributes
+_DOS_READ_ONLY = 0x01
 _UNIX_TYPES = {stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK,
                stat.S_IFSOCK}
 _SHOWN_MAX = 5  # names quoted in one log line
@@ -83,7 +84,7 @@ def _rows(rec: Records, cd_start: int, archive: str) -> Rows:
             target = unix_data.decode("utf-8", "replace")
             size = len(target.encode())
         kind = DIR if is_dir else LINK if is_link else FILE
-        perm = 0o555 if is_dir or is_link or (unix and mode & 0o111) else 0o444
+        perm = _permissions(mode if unix else 0, rec.external_attr[i], is_dir)
         row = rows.append(name, kind, (
             0 if is_dir else size, _mtime_ns(rec, i), perm, rec.compress_size[i], rec.method[i],
             rec.header_offset[i], rec.crc[i], rec.flags[i], rec.name_len[i], rec.extra_len[i], 1),
@@ -95,6 +96,16 @@ def _rows(rec: Records, cd_start: int, archive: str) -> Rows:
                    "entries", specials)
     _resolve_hard_links(rows, links, archive)
     return rows
+
+
+def _permissions(unix_mode: int, external_attr: int, is_dir: bool) -> int:
+    """The stored unix permission bits (setuid and setgid dropped); without a unix mode (DOS-made,
+    or zero as ``zipfile.ZipInfo`` leaves it), what ``unzip`` gives under umask 022."""
+    if unix_mode:
+        return unix_mode & 0o1777
+    if is_dir:
+        return 0o755
+    return 0o444 if external_attr & _DOS_READ_ONLY else 0o644
 
 
 def _mtime_ns(rec: Records, i: int) -> int:
@@ -259,7 +270,7 @@ def _build(rows: Rows, archive: str, cd_start: int | None = None) -> EntryTable:
             continue
         parent = names[i].rpartition("/")[0]
         while parent and parent not in dirs:
-            dirs[parent] = rows.append(parent, DIR, (0, mtime, 0o555, 0, 0, 0, 0, 0, 0, 0, 1))
+            dirs[parent] = rows.append(parent, DIR, (0, mtime, 0o755, 0, 0, 0, 0, 0, 0, 0, 1))
             parent = parent.rpartition("/")[0]
     taken = set(dirs) | set(last)
     next_number: dict[str, int] = {}  # so that k duplicates of a name cost O(k), not O(k²)

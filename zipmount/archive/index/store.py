@@ -18,7 +18,7 @@ from .table import CODES, FIELDS, LINK, Entry, EntryTable
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 4  # 4: the central directory's start
+INDEX_VERSION = 5  # 4: permission bits as stored; 5: the central directory's start
 
 
 def load_index(disk: DiskTier, name: str) -> EntryTable | None:
