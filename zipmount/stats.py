@@ -23,6 +23,8 @@ COUNTERS = (
     "bytes_read",  # bytes returned to FUSE readers
     "read_errors",  # FUSE reads answered with an errno
     "archives_opened",
+    "cells_decoded",  # decoded cells of compressed members made (zipmount/archive/decoded.py)
+    "cell_bytes_decoded",  # bytes decoded to make them (from the checkpoint before each)
 )
 
 
