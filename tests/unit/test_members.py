@@ -367,7 +367,7 @@ def test_closed_handles_keep_no_more_than_the_budget_and_the_engine_frees_them(w
 # -- decoded cells ------------------------------------------------------------------------------
 
 
-CELLS_PLAIN = text(14, 12 * MiB + 12345)  # 7 cells of 2 MiB, the last one short
+CELLS_PLAIN = text(14, 12 * MiB + 12345)  # the last cell short
 CELLS = -(-len(CELLS_PLAIN) // CELL)
 
 
@@ -400,7 +400,7 @@ def test_random_reads_of_a_deflated_member_decode_each_cell_once(workdir):
             "a random read after the first pass decoded again"
 
 
-def test_a_member_read_once_at_a_few_offsets_decodes_a_cell_per_offset(workdir):
+def test_a_member_read_once_at_a_few_offsets_decodes_only_around_them(workdir):
     path = write_zip(workdir, [member("big", DEFLATE, CELLS_PLAIN)])
     decoding = Decoding()
     with opened(path, decoding=decoding) as archive:
@@ -410,8 +410,9 @@ def test_a_member_read_once_at_a_few_offsets_decodes_a_cell_per_offset(workdir):
     with opened(path, decoding=decoding) as archive:  # a fresh block cache
         random_reads(archive, "big", CELLS_PLAIN, 3, seed=4)
         counters = archive.cached.cache.stats.counters
-        assert 1 <= counters["cells_decoded"] <= 3
-        assert counters["cell_bytes_decoded"] <= 3 * CELL
+        # each read: its cell and the ones before it since the checkpoint before it
+        assert 1 <= counters["cells_decoded"] <= 3 * ck.CHECKPOINT_EVERY // CELL
+        assert counters["cell_bytes_decoded"] <= 3 * ck.CHECKPOINT_EVERY
 
 
 def test_concurrent_random_readers_share_the_decode_of_a_cell(workdir):
@@ -445,33 +446,40 @@ def test_concurrent_random_readers_share_the_decode_of_a_cell(workdir):
         assert 1 <= archive.cached.cache.stats.counters["cells_decoded"] <= CELLS
 
 
+FILL_PLAIN = text(19, (FILL_AFTER + 2) * ck.CHECKPOINT_EVERY + CELL // 2)
+
+
 def test_a_member_read_at_random_on_and_on_is_decoded_whole_in_the_background(workdir):
-    plain = text(19, (FILL_AFTER + 4) * CELL + CELL // 2)
+    plain = FILL_PLAIN
     cells = -(-len(plain) // CELL)
     with opened(write_zip(workdir, [member("big", DEFLATE, plain)]), workdir / "cache",
                 memory=128 * MiB) as archive:  # every cell stays in memory: each made once
         counters = archive.cached.cache.stats.counters
         reader = archive.reader(archive.entries["big"])
-        for cell in range(cells - 1, cells - 1 - FILL_AFTER, -1):  # FILL_AFTER cells on demand
-            offset = cell * CELL + 5000
+        for stretch in range(FILL_AFTER, 0, -1):  # FILL_AFTER reads that make cells on demand
+            offset = stretch * ck.CHECKPOINT_EVERY + CELL + 5000
             assert reader.read(offset, 4096) == plain[offset: offset + 4096]
         reader.close()
         deadline = time.monotonic() + 60
         while counters["cells_decoded"] < cells and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert counters["cells_decoded"] == cells, "the rest of the member was not filled"
+        time.sleep(0.5)  # the fill is over
+        made = counters["cells_decoded"]
+        # every cell once (a race between the fill and a reader may make one twice)
+        assert cells <= made <= cells + 2, "the rest of the member was not filled"
         assert counters["cell_bytes_decoded"] <= 2 * len(plain)
         random_reads(archive, "big", plain, 100, seed=6)  # new offsets: no decode any more
-        assert counters["cells_decoded"] == cells
+        assert counters["cells_decoded"] == made
 
 
 def test_a_member_read_at_a_few_offsets_is_not_filled(workdir):
-    plain = text(19, (FILL_AFTER + 4) * CELL + CELL // 2)
-    with opened(write_zip(workdir, [member("big", DEFLATE, plain)]), workdir / "cache") as archive:
-        random_reads(archive, "big", plain, 3, seed=7)
+    with opened(write_zip(workdir, [member("big", DEFLATE, FILL_PLAIN)]), workdir / "cache") \
+            as archive:
+        random_reads(archive, "big", FILL_PLAIN, 3, seed=7)
         made = archive.cached.cache.stats.counters["cells_decoded"]
         time.sleep(1)  # a fill, had one started, would have made more meanwhile
-        assert made == archive.cached.cache.stats.counters["cells_decoded"] <= 3
+        assert made == archive.cached.cache.stats.counters["cells_decoded"]
+        assert made <= 3 * ck.CHECKPOINT_EVERY // CELL
 
 
 def test_a_replaced_archive_never_serves_the_old_decoded_cells(workdir):

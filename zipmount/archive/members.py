@@ -10,9 +10,10 @@ import os
 import threading
 import zipfile
 
+from ..cache import MAX_REQUEST
 from ..errors import ArchiveError
 from .decompress import Decoding, MemberStream, crc32
-from .decompress.cells import CELL, DecodedCells
+from .decompress.cells import DecodedCells
 from .decompress.streams import PIECE, WINDOW
 from .layout import WHOLE_MEMBER_MAX
 from .readahead import Prefetcher, readahead_max
@@ -162,7 +163,7 @@ class CompressedReader(MemberReader):
         """Whether this read goes to the decoded cells: a read of a few pages (not a whole
         member) that the stream cannot serve by going on and that does not walk on from the
         reads before it."""
-        if self.cells is None or size > CELL:
+        if self.cells is None or size > MAX_REQUEST:
             return False
         with self._lock:
             near = self._walk_end - WINDOW <= offset <= self._walk_end + PIECE
