@@ -74,7 +74,7 @@ def zips(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def local(tmp_path_factory) -> Zipmount:
+def local(tmp_path_factory, fuse) -> Zipmount:
     return Zipmount(workdir=tmp_path_factory.mktemp("members-zm"))
 
 

@@ -2,7 +2,9 @@
 
 from .archive import SUPPORTED_METHODS, Archive
 from .decompress import Decoding
-from .index import NAME_MAX, Entry, build_tree, clean_name, read_central_directory
+from .index.central import read_central_directory
+from .index.naming import NAME_MAX, build_tree, clean_name
+from .index.table import Entry
 from .members import CompressedReader, MemberReader, StoredReader
 from .readahead import READAHEAD_MAX, READAHEAD_MIN, Prefetcher
 from .remote import CachedObject, RemoteFile

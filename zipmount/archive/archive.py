@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-import struct
 import threading
 import zipfile
 from collections.abc import Mapping
@@ -22,11 +21,14 @@ from collections.abc import Mapping
 from ..cache import DiskTier
 from ..errors import ArchiveError, MemberEncrypted, MemberUnsupported
 from .decompress import Decoding, crc32
-from .index import Entry, build_tree, load_index, read_central_directory, save_index
+from .index.central import read_central_directory
+from .index.naming import build_tree
+from .index.store import load_index, save_index
+from .index.table import Entry, EntryTable
 from .layout import WHOLE_MEMBER_MAX, member_span_end, read_data_start
 from .members import CompressedReader, MemberReader, StoredReader
 from .readahead import Prefetcher, readahead_max
-from .remote import CachedObject, RemoteFile
+from .remote import CachedObject
 from .spill import SpillFiles
 from .view import Health, MemberView
 
@@ -34,12 +36,18 @@ log = logging.getLogger(__name__)
 
 SUPPORTED_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 SYMLINK_MAX = 4096
+# Estimated bytes (tracemalloc, tests/test_bounds.py) of an open archive beyond its entry table:
+_ARCHIVE_BYTES = 4096  # the object, its cached object, prefetcher, locks and empty dicts
+_DIR_BYTES = 64  # a directory's st_nlink count: an int and a dict slot, beyond its name
+_OFFSET_BYTES = 64  # a member's data offset: an int and a dict slot, beyond its name
+_REMEMBERED_BYTES = 32  # a member in a set or dict besides (its name shared with the offsets)
+_SPILL_BYTES = 256  # a spill file's name, lock and set slots
 
 
 class Archive:
     """The index of one archive version plus member reads."""
 
-    def __init__(self, cached: CachedObject, entries: Mapping[str, Entry],
+    def __init__(self, cached: CachedObject, entries: EntryTable,
                  children: Mapping[str, list[str]], disk: DiskTier | None,
                  decoding: Decoding | None = None) -> None:
         self.cached = cached
@@ -60,8 +68,6 @@ class Archive:
         self._data_offsets: dict[str, int] = {}
         self._verified: set[str] = set()
         self._header_offsets: list[int] | None = None
-        self._cd_start: int | None = None
-        self._cd_looked_for = False
         self._lock = threading.Lock()
 
     # -- opening --------------------------------------------------------------------------------
@@ -73,13 +79,23 @@ class Archive:
         index_name = f"{cached.key}.index.json"
         entries = load_index(disk, index_name) if disk is not None else None
         if entries is None:
-            size = cached.obj.size
-            cached.read(max(0, size - 65536 - 22), size)  # the end records: one request
-            entries = read_central_directory(RemoteFile(cached), size, cached.obj.path)
+            entries = read_central_directory(cached.read, cached.obj.size, cached.obj.path)
             if disk is not None:
                 save_index(disk, index_name, entries)
         by_name, children = build_tree(entries)
         return cls(cached, by_name, children, disk, decoding)
+
+    def memory_bytes(self) -> int:
+        """What this archive holds in memory, estimated: its index and what its member reads
+        remembered (charged to the engine's cap on loaded indexes, zipmount/tree/indexes.py)."""
+        name = self.entries.name_bytes()
+        spills = self.spills.remembered() if self.spills is not None else 0
+        offsets = self._header_offsets
+        return (_ARCHIVE_BYTES + self.entries.memory_bytes()
+                + len(self.subdirs) * (_DIR_BYTES + name)
+                + len(self._data_offsets) * (_OFFSET_BYTES + name)
+                + (len(self._verified) + len(self.health)) * _REMEMBERED_BYTES
+                + spills * _SPILL_BYTES + (len(offsets) * 40 if offsets else 0))
 
     # -- member reads ---------------------------------------------------------------------------
 
@@ -100,28 +116,7 @@ class Archive:
         i = bisect.bisect_right(offsets, entry.header_offset)
         if i < len(offsets):
             return offsets[i]
-        if not self._cd_looked_for:
-            self._cd_start = self._find_cd_start()
-            self._cd_looked_for = True
-        return self._cd_start
-
-    def _find_cd_start(self) -> int | None:
-        """Where the central directory starts: its end record's position minus its size (as
-        zipfile computes it, so that data prepended to the archive is allowed for)."""
-        size = self.cached.obj.size
-        base = max(0, size - 65536 - 22)
-        tail = self.cached.read(base, size)
-        at = tail.rfind(b"PK\x05\x06")
-        if at < 0 or at + 22 > len(tail):
-            return None
-        cd_size = struct.unpack_from("<I", tail, at + 12)[0]
-        end_record = base + at
-        if at >= 76 and tail[at - 20: at - 16] == b"PK\x06\x07" \
-                and tail[at - 76: at - 72] == b"PK\x06\x06":  # zip64: its end record
-            cd_size = struct.unpack_from("<Q", tail, at - 76 + 40)[0]
-            end_record = base + at - 76
-        start = end_record - cd_size
-        return start if start >= 0 else None
+        return self.entries.cd_start
 
     def verify_stored(self, entry: Entry, start: int) -> None:
         """Check a small stored member's CRC-32 once (its whole range is one cached request)."""

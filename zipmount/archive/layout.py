@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from ..errors import ArchiveError
 
 if TYPE_CHECKING:
-    from .index import Entry
+    from .index.table import Entry
     from .remote import CachedObject
 
 LOCAL_HEADER = struct.Struct("<4s5HIIIHH")

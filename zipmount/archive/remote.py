@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..cache import BlockCache
-from ..source import ObjectInfo, Source
+from ..store import ObjectInfo, Store
 
 
 class CachedObject:
@@ -17,7 +17,7 @@ class CachedObject:
     :class:`~zipmount.errors.ObjectChanged` (ESTALE) to its caller, who decides what that means.
     """
 
-    def __init__(self, source: Source, obj: ObjectInfo, cache: BlockCache) -> None:
+    def __init__(self, source: Store, obj: ObjectInfo, cache: BlockCache) -> None:
         self.source = source
         self.obj = obj
         self.cache = cache
@@ -27,7 +27,9 @@ class CachedObject:
         return self.source.read(self.obj, start, end)
 
     def read(self, start: int, end: int) -> bytes:
-        return self.cache.read(self.key, self.obj.size, start, end, self._fetch)
+        # The deadline is this source's (its filesystem's or mount's), not the shared cache's.
+        return self.cache.read(self.key, self.obj.size, start, end, self._fetch,
+                               timeout=self.source.timeout)
 
     def prefetch(self, start: int, end: int) -> None:
         self.cache.prefetch(self.key, self.obj.size, start, end, self._fetch)

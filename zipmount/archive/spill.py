@@ -14,7 +14,7 @@ from .decompress import crc32, member_chunks
 if TYPE_CHECKING:
     from ..cache import DiskTier
     from .decompress import DecoderBudget
-    from .index import Entry
+    from .index.table import Entry
     from .view import MemberView
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,11 @@ class SpillFiles:
         self._checked: set[str] = set()  # spill files known good in this process
         self._failed: set[str] = set()  # could not be written: stream instead
         self._lock = threading.Lock()
+
+    def remembered(self) -> int:
+        """How many spill files this archive keeps state for (locks, checked, failed)."""
+        with self._lock:
+            return len(self._locks) + len(self._checked) + len(self._failed)
 
     @staticmethod
     def _name(view: MemberView) -> str:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from ..errors import ArchiveError
 
 if TYPE_CHECKING:
-    from .index import Entry
+    from .index.table import Entry
     from .remote import CachedObject
 
 
@@ -18,6 +18,10 @@ class Health:
 
     def __init__(self) -> None:
         self._corrupt: dict[str, str] = {}  # member -> why: every later read of it fails too
+
+    def __len__(self) -> int:
+        """How many members were found corrupt."""
+        return len(self._corrupt)
 
     def mark_corrupt(self, entry: Entry, exc: ArchiveError) -> None:
         self._corrupt[entry.name] = str(exc)

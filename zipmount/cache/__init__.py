@@ -15,9 +15,10 @@ right-sized range requests, one memory cap for all archives, single flight for c
 and crash-safe, checksummed, size-capped persistence that processes can share.
 """
 
-from .blocks import BLOCK_SIZE, MAX_REQUEST, BlockCache, CacheClosed, RunFiles, run_blocks
+from .blocks import BLOCK_SIZE, MAX_REQUEST, BlockCache, CacheClosed
 from .files import FileStore, StoredFile
 from .memory import MemoryTier
+from .runs import RunFiles, run_blocks
 
 DiskTier = FileStore  # the name the other layers import
 

@@ -1,24 +1,14 @@
-"""The block cache: blocks of remote objects in memory, then in run files of the file store,
-then fetched with one right-sized request (single flight, parallel pieces, bounded waits).
-
-Run files: each fetched piece (consecutive blocks, at most MAX_REQUEST) is kept as one file with a
-CRC-32 per block. Pieces never cross a *cell* (MAX_REQUEST-aligned group of blocks), and the run
-files of one cell live in one directory of their own, ``<key>.<block size>.<cell>/<first>-<last>.run``,
-so any process finds the runs holding a block by listing a directory of at most a few dozen
-names — which it does again only when that directory's mtime changes. Runs may overlap (two
-processes fetched the same blocks): any run holding a block serves it.
+"""The block cache: blocks of remote objects in memory, then in run files of the file store
+(:mod:`.runs`), then fetched with one right-sized request (single flight, parallel pieces,
+bounded waits).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import struct
 import threading
 import time
-import zlib
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -27,17 +17,13 @@ from ..errors import SourceError, ZipmountError
 from ..stats import Stats
 from .files import FileStore
 from .memory import Buffer, MemoryTier
+from .runs import RunFiles
 
 log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 64 * 1024
 # Bigger requests are split and fetched in parallel (one stream does not saturate a link).
 MAX_REQUEST = 2 * 1024 * 1024
-_RUN_HEADER = struct.Struct("<8sI")  # magic, number of blocks; then (crc32, length) per block
-_RUN_ENTRY = struct.Struct("<II")
-_MAGIC = b"zmrun001"
-_RACY_NS = 100_000_000  # a directory changed this recently may change again within its mtime tick
-_LISTINGS = 16384  # cells whose listing a process remembers
 
 Fetch = Callable[[int, int], Buffer]
 
@@ -46,107 +32,8 @@ class CacheClosed(ZipmountError):
     """The cache was closed while a read waited for it."""
 
 
-class RunFiles:
-    """Run files of blocks in a :class:`FileStore`, found by any process that shares it."""
-
-    def __init__(self, store: FileStore, block_size: int, cell_blocks: int) -> None:
-        self.store = store
-        self.block_size = block_size
-        self.cell_blocks = cell_blocks
-        self._lock = threading.Lock()
-        # (key, cell) -> (directory mtime, or -1 if it was too recent to trust; sorted runs)
-        self._listings: OrderedDict[tuple[str, int], tuple[int, list[tuple[int, int]]]] = OrderedDict()
-
-    def _group(self, key: str, cell: int) -> str:
-        return f"{key}.{self.block_size}.{cell}"
-
-    def runs(self, key: str, cell: int) -> list[tuple[int, int]]:
-        """The (first, last) runs stored for ``cell`` of ``key``, by any process."""
-        try:
-            mtime = os.stat(self.store.fspath(self._group(key, cell))).st_mtime_ns
-        except OSError:  # none yet (or a transient failure: a miss, nothing deleted)
-            return []
-        with self._lock:
-            known = self._listings.get((key, cell))
-            if known is not None and known[0] == mtime:
-                self._listings.move_to_end((key, cell))
-                return known[1]
-        try:
-            listing = self.store.listing(self._group(key, cell))
-        except OSError:  # EMFILE, ENOMEM...: a miss, nothing deleted
-            return []
-        if listing is None:
-            return []
-        mtime, names = listing
-        runs = sorted(r for r in map(_parse_run_name, names) if r is not None)
-        if time.time_ns() - mtime < _RACY_NS:
-            mtime = -1
-        with self._lock:
-            self._listings[(key, cell)] = (mtime, runs)
-            if len(self._listings) > _LISTINGS:
-                self._listings.popitem(last=False)
-        return runs
-
-    def _forget(self, key: str, cell: int) -> None:
-        with self._lock:
-            self._listings.pop((key, cell), None)
-
-    def holding(self, key: str, index: int) -> list[tuple[int, int]]:
-        """The runs holding block ``index``."""
-        return [r for r in self.runs(key, index // self.cell_blocks) if r[0] <= index <= r[1]]
-
-    def load(self, key: str, index: int) -> tuple[int, memoryview] | None:
-        """(first block, the blocks) of a run file holding block ``index``; None if none is
-        readable. Only a file proven corrupt (bad header, short, CRC mismatch) is deleted: a
-        transient error (EMFILE, ENOMEM, EINTR...) is a miss that leaves the file in place."""
-        cell = index // self.cell_blocks
-        for first, last in self.holding(key, index):
-            name = f"{self._group(key, cell)}/{first}-{last}.run"
-            try:
-                raw = _read_whole(self.store.fspath(name))
-            except FileNotFoundError:  # evicted by another process since it was listed
-                self._forget(key, cell)
-                continue
-            except OSError as exc:
-                log.debug("disk cache: cannot read %s now: %s", name, exc)
-                return None
-            blocks = self._check(raw, last - first + 1)
-            if blocks is None:
-                log.warning("disk cache: dropping corrupt file %s", name)
-                self.store.remove(name)
-                self._forget(key, cell)
-                continue
-            self.store.touch(name)
-            return first, blocks
-        return None
-
-    def _check(self, raw: bytes, count: int) -> memoryview | None:
-        """The payload of run file ``raw`` if its header and every block's CRC are right."""
-        view = memoryview(raw)
-        table = _RUN_HEADER.size + count * _RUN_ENTRY.size
-        if len(raw) < table or _RUN_HEADER.unpack_from(raw) != (_MAGIC, count):
-            return None
-        offset, bs = table, self.block_size
-        for n in range(count):
-            crc, length = _RUN_ENTRY.unpack_from(raw, _RUN_HEADER.size + n * _RUN_ENTRY.size)
-            if length != bs and n != count - 1:
-                return None
-            if offset + length > len(raw) or zlib.crc32(view[offset: offset + length]) != crc:
-                return None
-            offset += length
-        return view[table:offset] if offset == len(raw) else None
-
-    def save(self, key: str, first: int, data: Buffer) -> None:
-        """Store ``data``, the consecutive blocks ``first...`` of ``key`` (within one cell)."""
-        view, bs = memoryview(data).cast("B"), self.block_size
-        count = -(-len(view) // bs)
-        header = _RUN_HEADER.pack(_MAGIC, count) + b"".join(
-            _RUN_ENTRY.pack(zlib.crc32(view[j * bs: (j + 1) * bs]), len(view[j * bs: (j + 1) * bs]))
-            for j in range(count))
-        cell = first // self.cell_blocks
-        name = f"{self._group(key, cell)}/{first}-{first + count - 1}.run"
-        self.store.write(name, [header, view], len(header) + len(view), overwrite=False)
-        self._forget(key, cell)
+class _NoData(SourceError):
+    """A read's deadline passed while it waited for blocks (EIO)."""
 
 
 Job = tuple[str, int, tuple[int, int], Fetch, dict[int, Future[memoryview]]]
@@ -198,12 +85,15 @@ class BlockCache:
             self._writer = threading.Thread(target=self._write_runs, name="zipmount-disk", daemon=True)
             self._writer.start()
 
-    def read(self, key: str, size: int, start: int, end: int, fetch: Fetch) -> bytes:
-        """Bytes ``[start, end)`` of the object ``key`` of ``size`` bytes."""
+    def read(self, key: str, size: int, start: int, end: int, fetch: Fetch,
+             timeout: float | None = None) -> bytes:
+        """Bytes ``[start, end)`` of the object ``key`` of ``size`` bytes; ``timeout``: this
+        read's bound on waiting for requests other reads started (default: the cache's)."""
         end = min(end, size)
         if start >= end:
             return b""
-        deadline = time.monotonic() + self.timeout
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         bs = self.block_size
         first, last = start // bs, (end - 1) // bs
         found: dict[int, memoryview] = {}
@@ -220,14 +110,18 @@ class BlockCache:
             claimed = set(mine)
             pieces += self._take_over(key, [i for i in waits if i not in claimed])
             own = {i for _, _, (a, b), _, _ in pieces for i in range(a, b + 1) if i in waits}
-            for job in pieces[1:]:
-                self._requests.submit(self._fetch_run, *job)
+            queued = [(job, self._requests.submit(self._fetch_run, *job)) for job in pieces[1:]]
             if pieces:
                 self._fetch_run(*pieces[0])
-            # This read's own pieces each end within the source's timeout once started; a
-            # request started by another read is waited for at most ``timeout``.
-            found.update((i, fut.result() if i in own else self._wait(fut, deadline))
-                         for i, fut in waits.items())
+            # Every wait ends by the read's deadline, for a request another read started and
+            # for this read's own pieces queued in the shared pool behind other reads' alike.
+            try:
+                found.update((i, self._wait(fut, deadline, timeout, i in own)) for i, fut in waits.items())
+            except _NoData as exc:
+                for job, task in queued:  # not started yet: nobody else will fetch them now
+                    if task.cancel():
+                        self._abandon(job, exc)
+                raise
         offset = start - first * bs
         if first == last:
             return bytes(found[first][offset: offset + end - start])
@@ -237,12 +131,24 @@ class BlockCache:
         parts[-1] = parts[-1][: end - last * bs]
         return b"".join(parts)
 
-    def _wait(self, fut: Future[memoryview], deadline: float) -> memoryview:
+    def _wait(self, fut: Future[memoryview], deadline: float, timeout: float,
+              own: bool) -> memoryview:
         try:
             return fut.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
-            raise SourceError(f"no data within {self.timeout:g} s "
-                              "(waiting for a request another read started)") from None
+            why = "its requests queued behind other reads'" if own else \
+                "waiting for a request another read started"
+            raise _NoData(f"no data within {timeout:g} s ({why})") from None
+
+    def _abandon(self, job: Job, exc: BaseException) -> None:
+        """Fail the blocks of a piece that will not be fetched (its reader gave up)."""
+        key, _, (first, last), _, futures = job
+        with self._lock:
+            for i in range(first, last + 1):
+                if self._inflight.get((key, i)) is futures[i]:
+                    del self._inflight[(key, i)]
+        for i in range(first, last + 1):
+            _settle(futures[i], exc=exc)
 
     def prefetch(self, key: str, size: int, start: int, end: int, fetch: Fetch) -> None:
         """Fetch the uncached blocks of ``[start, end)`` in the background.
@@ -411,37 +317,6 @@ def _settle(fut: Future[memoryview], result: memoryview | None = None,
             fut.set_result(result)  # type: ignore[arg-type]
     except InvalidStateError:
         pass
-
-
-def _read_whole(path: str) -> bytes:
-    """The whole file in one buffer (one read: blocks are views of it, never copied out)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        size = os.fstat(fd).st_size
-        data = os.read(fd, size)  # a bytes object of the file's size, not zero-filled first
-        if len(data) == size or not data:
-            return data
-        parts = [data]
-        while chunk := os.read(fd, size):
-            parts.append(chunk)
-        return b"".join(parts)
-    finally:
-        os.close(fd)
-
-
-def _parse_run_name(name: str) -> tuple[int, int] | None:
-    span, dot, ext = name.partition(".")
-    first, dash, last = span.partition("-")
-    if ext != "run" or not dash or not first.isdigit() or not last.isdigit():
-        return None
-    return int(first), int(last)
-
-
-def run_blocks(name: str) -> int:
-    """How many blocks the run file ``name`` (as :meth:`FileStore.files` names it) holds; 0 if
-    it is no run file."""
-    run = _parse_run_name(name.rpartition("/")[2])
-    return run[1] - run[0] + 1 if run else 0
 
 
 def _pieces(indices: list[int], cell: int) -> Iterator[tuple[int, int]]:

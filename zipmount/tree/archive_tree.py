@@ -21,9 +21,9 @@ from ..errors import (
     SourceError,
     ZipmountError,
 )
-from ..source import ObjectInfo, Source
 from ..stats import Stats
-from .base import Node
+from ..store import ObjectInfo, Store
+from .base import DIR_MODE, FileReader, Node
 from .indexes import IndexLRU
 from .views import remember_view
 
@@ -35,7 +35,7 @@ class Reach:
     """What an archive is read through: the source, the shared block cache, the counters, the
     engine's cap on loaded indexes and what its compressed-member readers share."""
 
-    source: Source
+    source: Store
     cache: BlockCache
     stats: Stats
     indexes: IndexLRU
@@ -93,7 +93,7 @@ class ArchiveSlot:
         return isinstance(self._broken, ObjectNotFound)
 
     def node(self) -> Node:
-        return Node("dir", 0, int(self.obj.mtime * 1e9), 0o555, nlink=2)
+        return Node("dir", 0, int(self.obj.mtime * 1e9), DIR_MODE, nlink=2)
 
     def replace(self, obj: ObjectInfo) -> None:
         """Switch to a new identity seen in a listing or a check (drops the old index)."""
@@ -129,7 +129,7 @@ class ArchiveSlot:
                 archive = opened = self._open(strict)
         # Outside the slot's lock: the LRU may drop other slots' indexes.
         if opened is not None:
-            self.reach.indexes.loaded(self, len(opened.entries))
+            self.reach.indexes.loaded(self)
         elif archive is not None:
             self.reach.indexes.used_by(self)
         return archive
@@ -137,6 +137,11 @@ class ArchiveSlot:
     def drop_index(self) -> None:
         """Forget the loaded index (the LRU's call); open handles keep the one they have."""
         self._archive = None
+
+    def index_bytes(self) -> int:
+        """What the loaded archive holds in memory (the LRU's charge)."""
+        archive = self._archive
+        return archive.memory_bytes() if archive is not None else 0
 
     def _open(self, strict: bool) -> Archive | None:
         reach = self.reach
@@ -239,12 +244,13 @@ class ArchiveTree:
         entry = self._entry(archive, self._name(inner))
         if entry is None:
             node = self.slot.node()
-            return Node("dir", 0, node.mtime_ns, 0o555, nlink=2 + archive.subdirs.get(self.root, 0))
+            return Node("dir", 0, node.mtime_ns, DIR_MODE,
+                        nlink=2 + archive.subdirs.get(self.root, 0))
         if entry.kind == "dir":
             return Node("dir", 0, entry.mtime_ns, entry.mode, nlink=2 + archive.subdirs[entry.name])
-        # The CRC in the sub-second part of mtime lets the kernel drop cached pages of a member
-        # whose content changed even when its size and DOS timestamp did not.
-        return Node(entry.kind, entry.size, entry.mtime_ns + entry.crc % 10**9, entry.mode,
+        # The mtime is exactly the entry's: a changed member is told apart by ``version``, which
+        # the front-ends use to drop the kernel's cached pages.
+        return Node(entry.kind, entry.size, entry.mtime_ns, entry.mode,
                     entry.method, nlink=entry.nlink, version=archive.member_version(entry))
 
     def listdir(self, path: str) -> list[tuple[str, str]]:
@@ -269,7 +275,7 @@ class ArchiveTree:
             raise IsADirectory(path)
         return archive, entry
 
-    def open(self, path: str) -> MemberReader:
+    def open(self, path: str) -> FileReader:
         archive, entry = self._file(path)
         try:
             return WatchedReader(archive.reader(entry), self.slot)

@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 crc32 = zlib_impl.crc32
 
 if TYPE_CHECKING:
-    from ..index import Entry
+    from ..index.table import Entry
 
 LZMA_DICT_MAX = 64 * 1024 * 1024  # 7-Zip's "ultra" dictionary; zipfile writes 8 MiB ones
 # What the decoders raise on corrupt data (bz2: OSError, LZMA: LZMAError, after the end: EOFError).
