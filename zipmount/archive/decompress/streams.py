@@ -194,12 +194,13 @@ class MemberStream:
         return self.stream.out_pos if self.stream is not None else 0
 
     def continues(self, offset: int) -> bool:
-        """Whether a read at ``offset`` is served by going on: from the window, a little ahead
-        of it, or (no stream yet) near the member's start."""
+        """Whether a read at ``offset`` is served by going on: from the window, or at most
+        WINDOW ahead of it (no more decoding than from a checkpoint), or (no stream yet) near
+        the member's start."""
         with self._lock:
             if self.stream is None:
                 return offset < WINDOW
-            return self.window_start <= offset <= self.position + PIECE
+            return self.window_start <= offset <= self.position + WINDOW
 
     def needs_restart(self, offset: int) -> bool:
         """Whether a read at ``offset`` would decompress from the member's start to get there
