@@ -415,6 +415,22 @@ def test_a_member_read_once_at_a_few_offsets_decodes_only_around_them(workdir):
         assert counters["cell_bytes_decoded"] <= 3 * ck.CHECKPOINT_EVERY
 
 
+def test_reads_in_order_arriving_out_of_order_stay_with_the_stream(workdir):
+    # the kernel's readahead: 1 MiB READs of a sequential reader, a few in flight at once,
+    # answered in any order (here: each group of 4 shuffled)
+    with opened(write_zip(workdir, [member("big", DEFLATE, CELLS_PLAIN)])) as archive:
+        reader = archive.reader(archive.entries["big"])
+        offsets = list(range(0, len(CELLS_PLAIN), MiB))
+        rng = random.Random(8)
+        for group in range(0, len(offsets), 4):
+            batch = offsets[group: group + 4]
+            rng.shuffle(batch)
+            for offset in batch:
+                assert reader.read(offset, MiB) == CELLS_PLAIN[offset: offset + MiB]
+        reader.close()
+        assert archive.cached.cache.stats.counters["cells_decoded"] == 0
+
+
 def test_concurrent_random_readers_share_the_decode_of_a_cell(workdir):
     with opened(write_zip(workdir, [member("big", DEFLATE, CELLS_PLAIN)])) as archive:
         entry = archive.entries["big"]

@@ -30,7 +30,7 @@ SPILL_METHODS = {zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 CRC_AHEAD_MAX = 4 * 1024 * 1024
 # A handle that has read on from where it stopped this far walks the member: its stream goes on.
 WALK = 1024 * 1024
-WALK_BEHIND = 8 * 1024 * 1024  # how far behind the furthest READ one of a walk may arrive
+WALK_SPREAD = 8 * 1024 * 1024  # how far from the furthest READ of a walk the next may start
 
 
 class MemberReader:
@@ -168,8 +168,8 @@ class CompressedReader(MemberReader):
             return False
         with self._lock:
             # A reader walking on: the kernel's readahead READs arrive out of order, several in
-            # flight at once, so a READ may start well before the furthest one seen so far.
-            near = self._walk_end - WALK_BEHIND <= offset <= self._walk_end + WINDOW
+            # flight at once, so a READ may start well before or after the furthest one so far.
+            near = abs(offset - self._walk_end) <= WALK_SPREAD
             self._walked = self._walked + size if near else 0
             self._walk_end = max(self._walk_end, offset + size) if near else offset + size
             return self._walked < WALK and not self.stream.continues(offset)
