@@ -6,28 +6,31 @@ big deflated member page by page at random. From a checkpoint every such read de
 checkpoint spacing (2 MiB) to serve a page: in the members benchmark 100 random 4 KiB reads of
 a 300 MB member cost ~2.5 ms each, decoding ~1 MiB per 4 KiB served, at every read again.
 
-Cells. A read that the handle's stream cannot serve by going on (not in its window, not just
-ahead of it, not walking on: see ``CompressedReader``) is served from the member's *decoded
-cells*: its decoded bytes, split like any remote object into 512 KiB cells of 64 KiB blocks
-and cached under a key of their own (the archive's cache key, which holds its ETag and size, plus
-the member's offset: a replaced archive never serves its old decoded bytes). A missing cell is decoded
-whole, once, from the checkpoint before it (checkpoints fall at every fourth cell boundary),
-keeping the cells decoded on the way;
-the block cache's single flight makes concurrent readers of one cell share that decode, and its
-tiers keep the result (memory, then the disk cache under its cap and the shared directory's
-rules). A member read once at a few offsets costs a cell per offset, never a full decode; reads
-in order (``cat``, a zarr chunk read whole) stay with the stream, so a member read in order is
-not cached twice (compressed and decoded).
+Cells. A read that the handle's stream cannot serve by going on (not in its window, at most
+WINDOW ahead of it, or part of a walk: see ``CompressedReader``) is served from the member's
+*decoded cells*: its decoded bytes, split like any remote object into 512 KiB cells of 64 KiB
+blocks and cached under a key of their own (the archive's cache key, which holds its ETag and
+size, plus the member's offset: a replaced archive never serves its old decoded bytes). A
+missing cell is decoded whole, once, from the checkpoint before it (checkpoints fall at every
+fourth cell boundary), keeping the cells decoded on the way; the block cache's single flight
+makes concurrent readers of one cell share that decode, and its tiers keep the result (memory,
+then the disk cache under its cap and the shared directory's rules). A member read once at a
+few offsets costs the checkpoint stretches around them, never a full decode; reads in order
+(``cat``, a zarr chunk read whole) stay with the stream, so a member read in order is not
+cached twice (compressed and decoded).
 
-Fill. A cell on demand costs what a read from a checkpoint costs (~2.5 ms), so a reader that
-goes on reading at random would still pay a decode per new cell. Once FILL_AFTER reads of a
-member made cells on demand, the rest of the member is decoded in order into its cells by one
-background thread per engine (each byte decoded about once; reads meanwhile take over or wait
-for the cell they need): from then on every read is a cache hit.
-Measured (docs/BENCHMARKS.md, "Decoded cells"): the loader case touches every cell of a 300 MB
-member, so it reaches FILL_AFTER after its first few random faults; a member read at a handful
-of offsets stays under it. A fill needs room: the member must take at most a quarter of the
-disk cache (of the memory cache without one), as spill files must.
+Fill. A cell on demand costs about what a read from a checkpoint costs, so a reader that goes on
+reading at random would still pay a decode per new stretch (measured: 6.4 ms per read at new
+offsets, 2.6x the stored member). Once FILL_AFTER reads of a member made cells on demand, the
+rest of the member is decoded in order into its cells by one background thread per engine
+(each byte decoded about once more; reads meanwhile take over or wait for the cell they need):
+from then on every read is a cache hit (measured: 1.25-1.76x the stored member). The loader
+case touches every stretch of a 300 MB member, so it reaches FILL_AFTER after its first few
+random faults; a member read at a handful of offsets stays under it. Cells are 512 KiB, not the
+2 MiB of a checkpoint stretch: a cell read back from the disk tier is read and checked whole,
+and 2 MiB ones made a disk-tier hit cost several ms. A fill needs room: the member must take at
+most a quarter of the disk cache (of the memory cache without one), as spill files must.
+Figures: docs/BENCHMARKS.md, "Decoded cells".
 """
 
 from __future__ import annotations
