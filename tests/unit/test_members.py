@@ -26,7 +26,7 @@ import pytest
 from robust.zips import RawMember, raw_zip
 
 from zipmount.archive import Archive, CachedObject, Decoding
-from zipmount.archive.decompress import DecoderBudget
+from zipmount.archive.decompress import DecoderBudget, DecoderMemoryBusy
 from zipmount.archive.decompress import checkpoints as ck
 from zipmount.archive.decompress import streams as st
 from zipmount.archive.decompress.cells import CELL, FILL_AFTER
@@ -346,6 +346,34 @@ def test_many_open_lzma_handles_stay_within_one_decoder_budget(workdir):
     # The decoders, windows and parked streams are the budget; the slack is for the read
     # buffers, the allocator and the block cache (32 MiB in this test).
     assert grew < budget.capacity + 48 * MiB, f"grew {grew / MiB:.0f} MiB"
+
+
+class _Holder:
+    """A charge holder for the budget: droppable unless busy."""
+
+    def __init__(self, parked: bool, busy: bool = False) -> None:
+        self.parked, self.busy, self.dropped = parked, busy, False
+
+    def try_drop(self) -> bool:
+        self.dropped = not self.busy
+        return self.dropped
+
+
+def test_the_decoder_budget_drops_parked_streams_first_and_waits_for_busy_ones_with_a_bound():
+    budget = DecoderBudget(capacity=10, timeout=0.3)
+    open_one, parked = _Holder(parked=False), _Holder(parked=True)
+    budget.charge(open_one, 5)
+    budget.charge(parked, 5)
+    budget.charge(_Holder(parked=False), 5)  # room is made: the parked stream goes first
+    assert parked.dropped and not open_one.dropped and budget.used == 10
+    busy = DecoderBudget(capacity=10, timeout=0.3)
+    busy.charge(_Holder(parked=False, busy=True), 8)  # a read in progress: cannot be dropped
+    with pytest.raises(DecoderMemoryBusy):
+        busy.charge(_Holder(parked=False), 5)
+    assert busy.used == 8 and busy.peak <= busy.capacity
+    alone = DecoderBudget(capacity=10)
+    alone.charge(_Holder(parked=False), 50)  # one decoder bigger than the budget still runs
+    assert alone.used == 50
 
 
 def test_closed_handles_keep_no_more_than_the_budget_and_the_engine_frees_them(workdir):
