@@ -46,6 +46,7 @@ DROPPED = 0xFF  # a row's kind when it is left out of the table
 _ROW_BYTES = 4 + 1 + sum(array(code).itemsize for code in CODES) * 9 // 8
 _TARGET_BYTES = 120  # a symlink target kept in a dict: the slot, an int, the string's header
 _new_tuple = tuple.__new__
+_STRIDE = 16  # one key in this many is kept as a string of its own, to search in C
 
 
 def sort_key(name: str) -> str:
@@ -64,11 +65,13 @@ class SortedKeys(Sequence[str]):
     """Sort keys in order, held as one string and the start of each key in it: an index is a
     few large allocations, not one small object per entry, so that loading and dropping
     thousands of indexes leaves no holes in the heap (one string per key held ~2x the charged
-    memory in a sweep of 3,000 archives)."""
+    memory in a sweep of 3,000 archives). Every :data:`_STRIDE`-th key is also kept as a string
+    of its own, so that a search bisects those in C and then a few keys."""
 
     def __init__(self, text: str, starts: array) -> None:
         self.text = text
         self.starts = starts  # len(self) + 1 offsets, the last one len(text)
+        self._sample = [self[i] for i in range(0, len(self), _STRIDE)]
 
     @classmethod
     def of(cls, keys: list[str]) -> SortedKeys:
@@ -101,8 +104,24 @@ class SortedKeys(Sequence[str]):
         text, starts = self.text, self.starts
         return (text[starts[i]: starts[i + 1]] for i in range(len(starts) - 1))
 
+    def bisect_left(self, key: str, lo: int = 0) -> int:
+        """The first position at or after ``lo`` whose key is not less than ``key``."""
+        s = bisect.bisect_left(self._sample, key)  # samples before s are < key, s's is >= key
+        lo = max(lo, (s - 1) * _STRIDE + 1) if s else lo
+        hi = min(s * _STRIDE, len(self))
+        text, starts = self.text, self.starts
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if text[starts[mid]: starts[mid + 1]] < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
     def memory_bytes(self) -> int:
-        return sys.getsizeof(self.text) + sys.getsizeof(self.starts)
+        """The string, the starts and the sampled keys."""
+        return (sys.getsizeof(self.text) + sys.getsizeof(self.starts) + sys.getsizeof(self._sample)
+                + sum(map(sys.getsizeof, self._sample)))
 
 
 class EntryTable(Mapping[str, Entry]):
@@ -129,8 +148,9 @@ class EntryTable(Mapping[str, Entry]):
     def memory_bytes(self) -> int:
         """The table's size in memory: its keys, columns and targets (measured within a few
         percent, tests/unit/test_index.py)."""
-        return (sys.getsizeof(self.sorted_keys.text) + len(self.sorted_keys) * _ROW_BYTES
-                + self._target_bytes)
+        keys = self.sorted_keys
+        return keys.memory_bytes() - sys.getsizeof(keys.starts) + len(keys) * _ROW_BYTES \
+            + self._target_bytes
 
     def name_bytes(self) -> int:
         """The mean size of an entry's name as a Python string: what remembering a member by
@@ -140,7 +160,7 @@ class EntryTable(Mapping[str, Entry]):
 
     def _index(self, name: str) -> int:
         key = sort_key(name)
-        i = bisect.bisect_left(self.sorted_keys, key)
+        i = self.sorted_keys.bisect_left(key)
         if i < len(self.sorted_keys) and self.sorted_keys[i] == key:
             return i
         return -1
@@ -181,8 +201,8 @@ class EntryTable(Mapping[str, Entry]):
         """Base names of the entries in directory ``name`` (sorted)."""
         keys = self.sorted_keys
         prefix = f"{name}\0"
-        lo = bisect.bisect_left(keys, prefix)
-        hi = bisect.bisect_left(keys, f"{name}\x01", lo)
+        lo = keys.bisect_left(prefix)
+        hi = keys.bisect_left(f"{name}\x01", lo)
         text, starts, cut = keys.text, keys.starts, len(prefix)
         return [text[starts[i] + cut: starts[i + 1]] for i in range(lo, hi)]
 
