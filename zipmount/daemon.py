@@ -136,9 +136,6 @@ class Daemon:
 
     def prepare(self) -> None:
         """Connect every source and check every mountpoint; nothing is mounted yet."""
-        c = self.config.cache
-        log.info("cache: %s in memory, %s", human_size(c.memory),
-                 f"{human_size(c.size)} on disk in {c.dir}" if c.dir else "no disk cache")
         for mount in self.config.mounts:
             check_mountpoint(mount.mountpoint)
             source, path = self.engine.source(mount.source)
@@ -208,6 +205,9 @@ class Daemon:
         except BaseException:
             self.shutdown()
             raise
+        c = self.config.cache
+        log.info("cache: %s in memory, %s", human_size(c.memory),
+                 f"{human_size(c.size)} on disk in {c.dir}" if c.dir else "no disk cache")
         on_ready()
         notify(f"READY=1\nSTATUS={self.status()}")
         while not self._stop.wait(5):

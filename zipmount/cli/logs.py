@@ -18,19 +18,13 @@ class _Terse(logging.Formatter):
         return f"zipmount: {record.levelname.lower()}: {record.getMessage()}"
 
 
-def setup_logging(level: str, log_file: str | None, background: bool = False,
-                  terse: bool = False) -> None:
-    """Log to ``log_file``, else to stderr (the journal under systemd); a background daemon
-    without either (an old caller) logs to syslog."""
+def setup_logging(level: str, log_file: str | None, terse: bool = False) -> None:
+    """Log to ``log_file``, else to stderr (the journal under systemd; a background daemon always
+    has one or the other, see :func:`zipmount.daemon.run_background`)."""
     handler: logging.Handler
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     if log_file:
         handler = logging.FileHandler(log_file)
-    elif background and os.path.exists("/dev/log"):
-        from logging.handlers import SysLogHandler
-
-        handler = SysLogHandler("/dev/log", SysLogHandler.LOG_DAEMON)
-        fmt = "zipmount[%(process)d]: %(levelname)s %(name)s: %(message)s"
     else:
         handler = logging.StreamHandler(sys.stderr)
         if os.environ.get("JOURNAL_STREAM"):

@@ -49,7 +49,7 @@ def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
                   + (" (offline: from the cache only)" if cfg.offline else ""))
         print(f"daemon pid {started.pid}, log {started.log}")
         return 0
-    setup_logging(cfg.log_level, cfg.log_file, background=args.ready_fd is not None)
+    setup_logging(cfg.log_level, cfg.log_file)
     _warn_if_insecure(cfg)
     from ..daemon import run_foreground
 
