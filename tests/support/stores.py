@@ -207,13 +207,21 @@ class FaultyStore:
         """Apply ``rule`` inside the block (the log is cleared first); hung and delayed calls
         are released when it ends."""
         self.clear()
-        self._released.clear()
-        self.rule = rule
+        self.start(rule)
         try:
             yield self
         finally:
-            self.rule = None
-            self._released.set()
+            self.lift()
+
+    def start(self, rule: Rule) -> None:
+        """Apply ``rule`` from now on (until :meth:`lift`)."""
+        self._released.clear()
+        self.rule = rule
+
+    def lift(self) -> None:
+        """No more faults; hung and delayed calls are released."""
+        self.rule = None
+        self._released.set()
 
     def clear(self) -> None:
         with self._lock:
