@@ -1,12 +1,15 @@
 # zipmount — the two commands of the README work on a fresh Debian machine:
 #   make demo   mount a bucket served by an embedded S3 server and read zarr arrays through it
-#   make test   the whole suite (real FUSE mounts, real S3 server processes on loopback)
+#   make test   the whole suite: lint, typecheck, unit, then the tests with real FUSE mounts and
+#               real S3 server processes on loopback (docs/DEVELOPMENT.md)
 PYTHON ?= python3
 VENV := .venv
 ZARR3_VENV := .venv-zarr3
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: all system-deps venv test lint demo bench fuzz clean
+PYTEST := $(VENV)/bin/python -m pytest
+
+.PHONY: all system-deps venv test lint demo bench fuzz cli-docs clean
 
 all: test
 
@@ -17,6 +20,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip
 	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[test]'
+	# torch's CPU build, for the README's training loop (tests/test_e2e_training.py, bench/loader.py):
+	# pinned, because an unpinned torch resolves to a CUDA build of several GB
+	$(VENV)/bin/pip install $(PIP_FLAGS) 'torch==2.13.0'
 	touch $@
 
 # zarr-python 3 cannot share an environment with zarr-python 2: its client checks run here.
@@ -30,8 +36,16 @@ venv: $(VENV)/.installed $(ZARR3_VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check zipmount tests bench scripts
 
-test: system-deps venv lint
-	$(VENV)/bin/python -m pytest tests
+.PHONY: typecheck unit
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
+
+# the tests that need neither a FUSE mount nor an S3 server (markers set in tests/conftest.py)
+unit: system-deps $(VENV)/.installed
+	$(PYTEST) tests -m "not fuse and not s3"
+
+test: system-deps venv lint typecheck unit
+	$(PYTEST) tests -m "fuse or s3"
 
 demo: system-deps $(VENV)/.installed
 	$(VENV)/bin/python scripts/demo.py
@@ -42,6 +56,10 @@ bench: venv
 
 fuzz: $(VENV)/.installed
 	ZIPMOUNT_FUZZ_EXAMPLES=20000 $(VENV)/bin/python -m pytest tests/test_fuzz.py
+
+# The man page and bash/zsh completions, generated from the argument parser, into build/.
+cli-docs: $(VENV)/.installed
+	$(VENV)/bin/python scripts/cli_docs.py build
 
 clean:
 	rm -rf $(VENV) $(ZARR3_VENV) .bench .demo build *.egg-info

@@ -2,14 +2,16 @@
 
 Run as its own process::
 
-    python -m bench.delay_proxy --upstream 127.0.0.1:8080 --delay-ms 20 [--listen-port 0]
+    python -m bench.delay_proxy --upstream 127.0.0.1:8080 --delay-ms 20 [--rate-mbps 100]
 
 It prints ``READY <port>`` on stdout once it listens, and exits on SIGTERM/SIGINT.
 
 Delay model: every client->server data event (for an HTTP/1.1 client that is the start
 of each request; the headers of a GET/HEAD fit in one segment) is held for
 ``--delay-ms`` before it is forwarded, so each request costs one extra "round trip".
-Responses flow back unchanged. ``--connect-delay-ms`` (default 0) also delays opening
+Responses flow back unchanged, at most ``--rate-mbps`` MB/s per connection if given (an
+"S3-like" endpoint: S3 serves a connection roughly 100 MB/s; the aggregate grows with
+connections). ``--connect-delay-ms`` (default 0) also delays opening
 each upstream connection, to model a TCP handshake. Connections are independent, so
 concurrent requests overlap their delays as on a real high-latency link.
 
@@ -34,6 +36,7 @@ import time
 
 F_SETPIPE_SZ = 1031
 CHUNK = 1 << 20
+RATE_CHUNK = 64 << 10  # pieces of a rate-capped response: 0.66 ms each at 100 MB/s
 
 
 def _shutdown(*socks: socket.socket) -> None:
@@ -44,12 +47,13 @@ def _shutdown(*socks: socket.socket) -> None:
 
 class Connection:
     def __init__(self, client: socket.socket, upstream: tuple[str, int], delay: float,
-                 connect_delay: float, stats: dict):
+                 connect_delay: float, stats: dict, rate: float = 0.0):
         self.client = client
         self.upstream = upstream
         self.delay = delay
         self.connect_delay = connect_delay
         self.stats = stats
+        self.rate = rate  # bytes per second per connection; 0: not capped
 
     def start(self) -> None:
         threading.Thread(target=self._run, daemon=True).start()
@@ -88,15 +92,22 @@ class Connection:
             _shutdown(src, dst)
 
     def _responses(self, src: socket.socket, dst: socket.socket) -> None:
-        """server -> client, zero-copy."""
+        """server -> client, zero-copy; paced to ``rate`` if set (no credit while idle)."""
         r, w = os.pipe()
         with contextlib.suppress(OSError):
             fcntl.fcntl(w, F_SETPIPE_SZ, CHUNK)
+        piece = RATE_CHUNK if self.rate else CHUNK
+        free_at = 0.0  # when the connection may send its next byte
         try:
             while True:
-                n = os.splice(src.fileno(), w, CHUNK)
+                n = os.splice(src.fileno(), w, piece)
                 if n == 0:
                     break
+                if self.rate:
+                    now = time.monotonic()
+                    free_at = max(free_at, now) + n / self.rate
+                    if free_at - now > 0.002:
+                        time.sleep(free_at - now)
                 while n:
                     n -= os.splice(r, dst.fileno(), n)
             with contextlib.suppress(OSError):
@@ -108,7 +119,8 @@ class Connection:
             os.close(w)
 
 
-def serve(port: int, upstream: tuple[str, int], delay_ms: float, connect_delay_ms: float) -> None:
+def serve(port: int, upstream: tuple[str, int], delay_ms: float, connect_delay_ms: float,
+          rate_mbps: float = 0.0) -> None:
     stats = {"connections": 0, "delayed": 0}
     ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -125,7 +137,8 @@ def serve(port: int, upstream: tuple[str, int], delay_ms: float, connect_delay_m
         while True:
             c, _ = ls.accept()
             stats["connections"] += 1
-            Connection(c, upstream, delay_ms / 1000.0, connect_delay_ms / 1000.0, stats).start()
+            Connection(c, upstream, delay_ms / 1000.0, connect_delay_ms / 1000.0, stats,
+                       rate_mbps * 1e6).start()
     finally:
         ls.close()
         print(f"STATS connections={stats['connections']} delayed={stats['delayed']}",
@@ -138,11 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--listen-port", type=int, default=0)
     ap.add_argument("--delay-ms", type=float, default=20.0)
     ap.add_argument("--connect-delay-ms", type=float, default=0.0)
+    ap.add_argument("--rate-mbps", type=float, default=0.0,
+                    help="cap each connection's responses at this many MB/s (0: no cap)")
     a = ap.parse_args(argv)
     host, _, port = a.upstream.rpartition(":")
     if host not in ("127.0.0.1", "localhost", "::1"):
         ap.error("upstream must be on the loopback interface")
-    serve(a.listen_port, (host, int(port)), a.delay_ms, a.connect_delay_ms)
+    serve(a.listen_port, (host, int(port)), a.delay_ms, a.connect_delay_ms, a.rate_mbps)
     return 0
 
 

@@ -365,10 +365,11 @@ class Nginx:
 
 class DelayProxy:
     def __init__(self, reaper: Reaper, upstream_port: int, delay_ms: float, logdir: Path,
-                 connect_delay_ms: float = 0.0):
+                 connect_delay_ms: float = 0.0, rate_mbps: float = 0.0):
         self.reaper = reaper
         self.upstream_port = upstream_port
         self.delay_ms = delay_ms
+        self.rate_mbps = rate_mbps  # per connection; 0: not capped
         self.connect_delay_ms = connect_delay_ms
         self.logdir = logdir
         self.port = 0
@@ -379,13 +380,15 @@ class DelayProxy:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        errf = open(self.logdir / f"proxy-{self.delay_ms:g}ms.log", "wb")  # noqa: SIM115
+        name = f"proxy-{self.delay_ms:g}ms" + (f"-{self.rate_mbps:g}MBps" if self.rate_mbps else "")
+        errf = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115
         self.proc = self.reaper.spawn(
             [
                 sys.executable, "-m", "bench.delay_proxy",
                 "--upstream", f"127.0.0.1:{self.upstream_port}",
                 "--delay-ms", str(self.delay_ms),
                 "--connect-delay-ms", str(self.connect_delay_ms),
+                "--rate-mbps", str(self.rate_mbps),
             ],
             stdout=subprocess.PIPE,
             stderr=errf,

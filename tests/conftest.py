@@ -9,13 +9,16 @@ authentication enforced after the sample archives are uploaded to bucket `data`:
     s3://data/rec/a.rkns             zarr v2 group (RKNS-like), consolidated metadata
     s3://data/rec/sub/b.rkns         zarr v2 group, nested chunk keys, no consolidated metadata
     s3://data/rec/c.zip              small generic archive with explicit dirs
-    s3://data/rec/notes.txt          not an archive: must stay hidden in a prefix mount
+    s3://data/rec/notes.txt          not an archive: a plain file of a prefix mount (--archives-only hides it)
     s3://data/v3/group.zip           zarr v3 group (bytes, gzip, sharding codecs)
     s3://data/bad/notzip.zip         random bytes named .zip
     s3://data/bad/truncated.zip      first half of a real archive
 
-Tests in tests/test_e2e_*.py need FUSE; when /dev/fuse or fusermount is missing they FAIL
-(never skip) with a message saying so.
+Tests are marked by the fixtures they use, not by their file name (``pytest_collection_modifyitems``):
+``fuse`` when a test mounts (it requests ``fuse``, ``zm`` or a robust-harness ``st``, directly or
+through another fixture), ``s3`` when it talks to an S3 server process (``s3``, ``private_s3``,
+``st``). ``make unit`` runs ``-m "not fuse and not s3"``. A test marked ``fuse`` FAILS (never
+skips) with a message saying so when /dev/fuse or fusermount is missing.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support import archives  # noqa: E402
+from support import archives, marks  # noqa: E402
 from support.archives import ArchiveContents  # noqa: E402
 from support.mount import (  # noqa: E402
     Zipmount,
@@ -48,16 +51,31 @@ REPO = Path(__file__).resolve().parent.parent
 BUCKET = "data"
 
 
+# What a fixture needs, by name; a test needs what its whole fixture closure needs (a fixture
+# that requests ``zm`` or ``s3`` inherits it). ``st`` is the robust harness's stack
+# (tests/robust/harness.py): a moto server behind a fault proxy, whose tests mount.
+FIXTURE_NEEDS = {
+    "fuse": ("fuse",),
+    "st": ("fuse", "s3"),
+    "fm": ("fuse", "s3"),  # tests/test_e2e_fidelity.py: a mount of the same stack
+    "s3": ("s3",),
+    "private_s3": ("s3",),
+}
+
+
+FIXTURE_MARKS = ("fuse", "s3")
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "e2e: end-to-end test through a real FUSE mount and a real S3 server"
-    )
+    config.addinivalue_line("markers", "fuse: mounts a real FUSE file system (FAILS without FUSE)")
+    config.addinivalue_line("markers", "s3: talks to a real S3 server process on loopback")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if Path(str(item.fspath)).name.startswith("test_e2e_"):
-            item.add_marker(pytest.mark.e2e)
+        needs = {n for f in getattr(item, "fixturenames", ()) for n in FIXTURE_NEEDS.get(f, ())}
+        for mark in sorted(needs):
+            item.add_marker(mark)
 
 
 def fuse_problem() -> str | None:
@@ -72,12 +90,14 @@ def fuse_problem() -> str | None:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Runs before any fixture of the test: FUSE missing means FAIL, never skip."""
-    if item.get_closest_marker("e2e") is None:
+    """Runs before any fixture of the test: FUSE missing means FAIL, never skip. Tells the
+    helpers that mount or start servers what this test is marked (``support.marks``)."""
+    os.environ[marks.ENV] = ",".join(m for m in FIXTURE_MARKS if item.get_closest_marker(m))
+    if item.get_closest_marker("fuse") is None:
         return
     problem = fuse_problem()
     if problem:
-        pytest.fail(f"end-to-end tests need FUSE, and {problem}", pytrace=False)
+        pytest.fail(f"this test mounts FUSE, and {problem}", pytrace=False)
     if not zipmount_exe().exists():
         pytest.fail(
             f"{zipmount_exe()} not found: install the package into this venv "
@@ -93,8 +113,8 @@ E2E_TEST_TIMEOUT = float(os.environ.get("ZIPMOUNT_E2E_TEST_TIMEOUT", "240"))
 
 
 @pytest.fixture(autouse=True)
-def _e2e_watchdog(request: pytest.FixtureRequest):
-    if request.node.get_closest_marker("e2e") is None or "zm" not in request.fixturenames:
+def _mount_watchdog(request: pytest.FixtureRequest):
+    if "zm" not in request.fixturenames:
         yield
         return
     zm_dir = request.getfixturevalue("zm").workdir
@@ -206,7 +226,16 @@ def other_ca(e2e_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def zm(s3: MotoS3Server, e2e_dir: Path):
+def fuse() -> Path:
+    """Requested by every test (or fixture) that mounts; marks it ``fuse``. The fusermount
+    executable (``pytest_runtest_setup`` has checked it exists)."""
+    exe = fusermount_exe()
+    assert exe is not None, "pytest_runtest_setup checks FUSE before any fixture"
+    return Path(exe)
+
+
+@pytest.fixture(scope="session")
+def zm(s3: MotoS3Server, e2e_dir: Path, fuse: Path):
     """Runs the zipmount CLI against the test server with good credentials. At session end,
     fails if any mount or daemon under the session directory was left behind."""
     runner = Zipmount(

@@ -1,9 +1,13 @@
 """Resource bounds of a running daemon, measured from /proc of the real process.
 
 - memory stays bounded with a 100,000-entry archive and with 64 concurrent readers
-  (``--memory`` caps the block cache; the rest is the index, ~1.7 KB per entry measured, and
-  per-request buffers: each reader of a member up to 16 MiB fetches it whole, which costs a few
-  times the member size while in flight, so the peak grows with readers x member size);
+  (``--memory`` caps the block cache; the rest is the index, ~150 bytes per entry with names of
+  about 30 characters (``EntryTable.memory_bytes``), plus ~160 bytes per member read (what the
+  archive remembers of it), and per-request buffers: each reader of a member up to 16 MiB fetches
+  it whole, which costs a few times the member size while in flight, so the peak grows with
+  readers x member size);
+- a sweep reading every member of many archives keeps what the loaded indexes hold (charged and
+  measured with tracemalloc) within ``--index-memory``, the block cache within ``--memory``;
 - no file-descriptor or thread leak after 10,000 open/read/close cycles;
 - the disk cache never holds more than ``--cache-size`` bytes, also while it is being filled by
   concurrent readers and spill files, and also right after a restart with a smaller size.
@@ -11,11 +15,13 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import os
 import threading
 import time
+import tracemalloc
 import zipfile
 
 import pytest
@@ -31,7 +37,10 @@ from robust.harness import (
 )
 from robust.zips import RawMember, plain_zip, random_bytes, raw_zip
 
-from zipmount.fuseops import MAX_THREADS
+from zipmount.config import CacheConfig
+from zipmount.engine import Engine
+from zipmount.fuse.session import MAX_THREADS
+from zipmount.source import StorageOptions
 
 MiB = 2**20
 N_ENTRIES = 100_000
@@ -238,3 +247,65 @@ def test_disk_cache_shrinks_to_a_smaller_size_at_restart(st, tmp_path):
     assert usage_at_mount <= 5 * MiB, f"{usage_at_mount} bytes cached under a 5 MiB cap"
     assert usage_after_reads <= 5 * MiB, f"{usage_after_reads} bytes cached under a 5 MiB cap"
 
+
+
+def _cohort(root, archives: int, entries: int) -> list[str]:
+    """``archives`` hard links of one rkns-like zip (each its own object to zipmount)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(entries):
+            zf.writestr(f"rkns/signals/g{i % 8}/signal/{i // 8}.0", b"%064d" % i)
+    root.mkdir()
+    first = root / "rec0000.rkns"
+    first.write_bytes(buf.getvalue())
+    for i in range(1, archives):
+        os.link(first, root / f"rec{i:04d}.rkns")
+    return sorted(p.name for p in root.iterdir())
+
+
+def test_a_sweep_reading_every_member_of_many_archives_holds_no_more_than_the_caps(tmp_path):
+    """In process (the engine and tree a mount uses, over a local directory): 120 archives of 200
+    members, every member read, as ``zipmount prefetch`` does. Without the per-member state
+    charged, the indexes held about twice ``index_memory``."""
+    archives, entries = 120, 200
+    names = _cohort(tmp_path / "cohort", archives, entries)
+    members = [f"rkns/signals/g{i % 8}/signal/{i // 8}.0" for i in range(entries)]
+    cap, memory = 1 * MiB, 1 * MiB
+    engine = Engine(StorageOptions(), CacheConfig(dir=str(tmp_path / "cache"), memory=memory,
+                                                  index_memory=cap))
+    tree = engine.open_tree(f"{tmp_path / 'cohort'}/", suffixes=(".rkns",))
+
+    def sweep(archive: str) -> None:
+        for member in members:
+            reader = tree.open(f"{archive}/{member}")
+            try:
+                assert len(reader.read(0, 100)) == 64
+            finally:
+                reader.close()
+
+    try:
+        for name in names[:3]:  # warm up: thread pools, imports, first allocations
+            sweep(name)
+        gc.collect()
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        most_charged = 0
+        for name in names[3:]:
+            sweep(name)
+            most_charged = max(most_charged, engine.indexes.used)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - base
+        tracemalloc.stop()
+        loaded = len(engine.indexes)
+        per_archive = engine.indexes.used / loaded
+    finally:
+        engine.close()
+    print(f"{archives} archives x {entries} members: {loaded} indexes loaded at the end, "
+          f"{per_archive / 1024:.1f} KiB charged each, {most_charged / MiB:.2f} MiB charged at "
+          f"most, heap grew {held / MiB:.2f} MiB (caps: index {cap / MiB:.0f} MiB, blocks "
+          f"{memory / MiB:.0f} MiB)")
+    assert most_charged <= cap
+    # What the loaded archives hold, charged or not, plus the block cache, plus what the tree
+    # keeps per listed archive (~1 KiB each, not per archive opened).
+    assert held <= 1.25 * cap + memory + archives * 1024 + 256 * 1024, held
+    assert loaded < archives // 4  # the cap dropped most of them

@@ -144,13 +144,13 @@ def test_ls_lists_a_subdirectory(zm, samples):
     assert "README.txt" not in res.stdout
 
 
-def test_ls_of_prefix_lists_archives_only(zm):
+def test_ls_of_prefix_lists_archives_and_the_other_objects(zm, samples):
     res = zm.run("ls", "s3://data/rec/", storage=True)
     assert res.rc == 0, res.describe()
     for name in ("a.rkns", "c.zip"):
         _line_for(res.stdout, name)
     assert "sub" in res.stdout
-    assert "notes.txt" not in res.stdout
+    assert re.search(rf"(?<![\d.]){len(samples.notes)}(?![\d.])", _line_for(res.stdout, "notes.txt"))
 
 
 def test_stats_of_a_mount(zm, samples):
@@ -192,7 +192,7 @@ def test_config_file_with_two_mounts(zm, samples):
     cfg = _config(zm, [
         {"source": "s3://data/single/deflated.zip", "mountpoint": str(mp1)},
         {"source": "s3://data/rec/", "mountpoint": str(mp2), "suffixes": [".rkns"],
-         "root": None, "options": {"allow_other": False, "uid": None, "gid": None,
+         "archives_only": True, "root": None, "options": {"allow_other": False, "uid": None, "gid": None,
                                    "umask": None}},
     ])
     try:

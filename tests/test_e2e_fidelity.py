@@ -1,6 +1,6 @@
 """Zip fidelity through a real FUSE prefix mount over a real S3 server: what the tools that made
 each archive meant (duplicates, hard and symbolic links, code pages, timestamps, special files,
-overlapping members). The rules themselves are in zipmount/archive/index.py's docstring."""
+overlapping members). The rules themselves are in zipmount/archive/index/__init__.py's docstring."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ BIG = random_bytes("fidelity", 200_000)
 NTFS_NS = 1_700_000_000_123_456_700
 SJIS = ["日本語/テスト文書.txt", "写真/夏休み.jpg"]
 CP866 = ["Документы/отчёт.doc", "Привет мир.txt"]
+BACKSLASHED = ["Backslash \\", "\\", "C:\\Temp\\File", "\\\\server\\share\\file"]
 
 
 def _overlap_bomb() -> bytes:
@@ -69,6 +70,11 @@ ARCHIVES = {
         RawMember(b"dir/regular.txt", b"regular\n"),
     ]),
     "overlap.zip": _overlap_bomb(),
+    # as in mount-zip's mixed-paths.zip: made on unix, where a backslash is a character
+    "unix-backslash.zip": raw_zip([RawMember(n.encode(), f"{v} {n}".encode())
+                                   for v in ("first", "second") for n in BACKSLASHED]),
+    "dos-backslash.zip": raw_zip([RawMember(b"C:\\Temp\\File", b"dos\n", create_system=0,
+                                            external_attr=0x20)]),
 }
 
 
@@ -133,9 +139,17 @@ def test_names_in_legacy_code_pages_are_readable(fm, archive, names):
         assert read_file(mp / name) == name.encode()
 
 
+def test_backslashes_are_characters_in_a_unix_archive_and_separators_in_a_dos_one(fm):
+    mp = fm.mountpoint / "unix-backslash.zip"
+    assert sorted(os.listdir(mp)) == sorted(n + s for n in BACKSLASHED for s in ("", " (1)"))
+    for name in BACKSLASHED:
+        assert read_file(mp / name) == f"second {name}".encode()
+        assert read_file(mp / f"{name} (1)") == f"first {name}".encode()
+    assert read_file(fm.mountpoint / "dos-backslash.zip" / "C:" / "Temp" / "File") == b"dos\n"
+
+
 def test_ntfs_time_wins_then_extended_time_then_dos_local_time(fm):
     mp = fm.mountpoint / "times.zip"
-    # empty members: CRC 0, so the mtime is exactly the entry's
     assert os.stat(mp / "ntfs").st_mtime_ns == NTFS_NS
     assert os.stat(mp / "unix").st_mtime_ns == 1_600_000_000 * 10**9
     dos = time.mktime((2024, 5, 17, 12, 30, 42, 0, 0, -1))  # robust.zips' DOS time, local

@@ -16,7 +16,8 @@ SIZE = 1024 * MiB
 
 
 class Recorder:
-    """Stands in for a CachedObject: keeps the ranges asked for."""
+    """Stands in for a CachedObject: keeps the ranges asked for (``readahead_max``: the
+    window the prefetcher under test is given)."""
 
     def __init__(self, readahead_max: int = READAHEAD_MAX) -> None:
         self.asked: list[tuple[int, int]] = []
@@ -34,7 +35,7 @@ def _walk(p: Prefetcher, start: int, count: int) -> None:
 
 def test_random_reads_fetch_nothing_ahead():
     rec = Recorder()
-    p = Prefetcher(rec)  # type: ignore[arg-type]
+    p = Prefetcher(rec, rec.readahead_max)
     rng = random.Random(7)
     for _ in range(200):
         offset = rng.randrange(0, SIZE - CHUNK)
@@ -44,7 +45,7 @@ def test_random_reads_fetch_nothing_ahead():
 
 def test_a_walk_is_fetched_ahead_with_a_window_that_grows_to_the_cap():
     rec = Recorder()
-    p = Prefetcher(rec)  # type: ignore[arg-type]
+    p = Prefetcher(rec, rec.readahead_max)
     _walk(p, 0, 2000)  # 400 MB, read chunk after chunk
     assert rec.asked, "a sequential walk was not prefetched"
     sizes = [end - start for start, end in rec.asked]
@@ -61,7 +62,7 @@ def test_a_walk_is_fetched_ahead_with_a_window_that_grows_to_the_cap():
 
 def test_a_walk_that_jumps_is_followed_at_once():
     rec = Recorder()
-    p = Prefetcher(rec)  # type: ignore[arg-type]
+    p = Prefetcher(rec, rec.readahead_max)
     _walk(p, 0, 40)
     before = len(rec.asked)
     jump = 500 * MiB
@@ -76,7 +77,7 @@ def test_a_walk_that_jumps_is_followed_at_once():
 
 def test_after_a_jump_random_reads_close_the_window():
     rec = Recorder()
-    p = Prefetcher(rec)  # type: ignore[arg-type]
+    p = Prefetcher(rec, rec.readahead_max)
     _walk(p, 0, 40)
     rng = random.Random(3)
     for _ in range(100):
@@ -89,14 +90,14 @@ def test_after_a_jump_random_reads_close_the_window():
 
 def test_the_window_stays_within_the_memory_cache_share():
     rec = Recorder(readahead_max=2 * MiB)
-    p = Prefetcher(rec)  # type: ignore[arg-type]
+    p = Prefetcher(rec, rec.readahead_max)
     _walk(p, 0, 500)
     assert rec.asked and max(end - start for start, end in rec.asked) <= 2 * MiB + 4 * CHUNK
 
 
 def test_never_past_the_limit():
     rec = Recorder()
-    p = Prefetcher(rec)  # type: ignore[arg-type]
+    p = Prefetcher(rec, rec.readahead_max)
     limit = 30 * MiB
     for i in range(limit // CHUNK):
         p.observe(i * CHUNK, (i + 1) * CHUNK, limit)

@@ -10,6 +10,7 @@ import re
 import signal
 import time
 
+import pytest
 from service_kit import (
     Endpoint,
     clean_env,
@@ -24,6 +25,9 @@ from service_kit import (
     zipmount,
 )
 from support.s3server import stop_process_group
+
+# these tests mount with zipmount's own commands (service_kit), not through ``zm``
+pytestmark = pytest.mark.usefixtures("fuse")
 
 
 def _stored_zip_service(tmp_path, s3):

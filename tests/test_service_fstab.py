@@ -25,6 +25,9 @@ from service_kit import (
 )
 from support.mount import cleanup, is_mounted, mount_fstype, pids_with_marker, run
 
+# these tests mount with zipmount's own commands (service_kit), not through ``zm``
+pytestmark = pytest.mark.usefixtures("fuse")
+
 LINK = Path("/sbin/mount.fuse.zipmount")
 
 

@@ -10,6 +10,7 @@ import os
 import signal
 import time
 
+import pytest
 from service_kit import (
     Endpoint,
     assert_nothing_left,
@@ -26,6 +27,9 @@ from service_kit import (
     zipmount,
 )
 from support.mount import CommandTimeout, cleanup, is_mounted, pids_with_marker, run
+
+# these tests mount with zipmount's own commands (service_kit), not through ``zm``
+pytestmark = pytest.mark.usefixtures("fuse")
 
 
 def _config(tmp_path, s3, mounts, name="life.yaml", **kw):

@@ -32,6 +32,9 @@ from service_kit import (
 from support.mount import cleanup, is_mounted, run
 from support.s3server import free_port, stop_process_group
 
+# these tests mount with zipmount's own commands (service_kit), not through ``zm``
+pytestmark = pytest.mark.usefixtures("fuse")
+
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 
 

@@ -32,6 +32,9 @@ from service_kit import (
 )
 from support.mount import cleanup, is_mounted, pids_with_marker, run
 
+# these tests mount with zipmount's own commands (service_kit), not through ``zm``
+pytestmark = pytest.mark.usefixtures("fuse")
+
 UNIT = REPO / "systemd" / "zipmount@.service"
 
 # Options that give a service its own mount namespace (systemd's exec_needs_mount_namespace):

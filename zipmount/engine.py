@@ -15,13 +15,15 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .archive import Decoding
+from .archive.decompress import DECODER_MEMORY, DecoderBudget
 from .cache import BlockCache, DiskTier
 from .config import CacheConfig
 from .errors import ZipmountError
 from .source import Source, StorageOptions
 from .stats import Stats
 from .store import Store
-from .tree import DEFAULT_SUFFIXES, Reach, Tree, open_tree
+from .tree import DEFAULT_SUFFIXES, Reach, Tree, View, open_tree
 from .tree.indexes import IndexLRU
 
 if TYPE_CHECKING:
@@ -79,6 +81,8 @@ class Engine:
         self.cache = BlockCache(cache.memory, self._open_disk(cache), self.stats,
                                 timeout=storage.timeout)
         self.indexes = IndexLRU(cache.index_memory)
+        # Checkpoints, parked streams and decoder memory, shared by every archive served.
+        self.decoding = Decoding(budget=DecoderBudget(DECODER_MEMORY, storage.timeout))
         self.trees: weakref.WeakSet[Tree] = weakref.WeakSet()  # for the gauges; owners hold them
         self.stats.providers.append(self.gauges)
 
@@ -97,28 +101,37 @@ class Engine:
         return Source.for_url(url, self.storage, self.stats)
 
     def open_tree(self, url: str, *, suffixes: tuple[str, ...] = DEFAULT_SUFFIXES,
-                  root: str | None = None) -> Tree:
-        """The tree of ``url`` (one archive, or a prefix of archives), checked now."""
+                  root: str | None = None, archives_only: bool = False) -> Tree:
+        """The tree of ``url`` (one archive, or a prefix), checked now."""
         source, path = self.source(url)
-        return self.tree_for(source, path, suffixes=suffixes, root=root)
+        return self.tree_for(source, path, suffixes=suffixes, root=root,
+                             archives_only=archives_only)
 
     def tree_for(self, source: Store, path: str, *, suffixes: tuple[str, ...] = DEFAULT_SUFFIXES,
-                 root: str | None = None, ttl: float | None = None) -> Tree:
+                 root: str | None = None, ttl: float | None = None,
+                 archives_only: bool = False, view: View | None = None) -> Tree:
         """The tree of ``path`` in ``source`` (any :class:`Store`: the s3fs source, or a test's
-        in-memory one), checked now (``ttl``: default the config's)."""
-        tree = open_tree(Reach(source, self.cache, self.stats, self.indexes), path, suffixes=suffixes,
-                         root=root, ttl=self.settings.ttl if ttl is None else ttl)
+        in-memory one), checked now (``ttl``: default the config's; ``view``: the versions to
+        serve, pinned by another process, see :func:`open_tree`)."""
+        reach = Reach(source, self.cache, self.stats, self.indexes, self.decoding)
+        tree = open_tree(reach, path, suffixes=suffixes, root=root,
+                         ttl=self.settings.ttl if ttl is None else ttl, archives_only=archives_only,
+                         view=view)
         self.trees.add(tree)
         return tree
 
     def filesystem_tree(self, fs: fsspec.AbstractFileSystem, path: str, *, timeout: float,
                         known: dict[str, Any] | None = None,
                         suffixes: tuple[str, ...] = DEFAULT_SUFFIXES, root: str | None = None,
-                        ttl: float | None = None) -> Tree:
+                        ttl: float | None = None, archives_only: bool = False,
+                        view: View | None = None) -> Tree:
         """The tree of ``path`` in an fsspec filesystem built by the caller (the fsspec
-        front-end); ``known``: that object's fsspec details, if the caller has them."""
+        front-end); ``known``: that object's fsspec details, if the caller has them; ``view``:
+        the versions another process pinned. Its reads keep ``timeout``, whatever the shared
+        cache's own."""
         source = Source.for_filesystem(fs, StorageOptions(timeout=timeout), self.stats, known)
-        return self.tree_for(source, path, suffixes=suffixes, root=root, ttl=ttl)
+        return self.tree_for(source, path, suffixes=suffixes, root=root, ttl=ttl,
+                             archives_only=archives_only, view=view)
 
     def gauges(self) -> dict[str, float]:
         disk = self.cache.disk
@@ -129,10 +142,12 @@ class Engine:
             "disk_cache_capacity": disk.capacity if disk else 0,
             "open_archives": sum(t.open_archives() for t in list(self.trees)),
             "index_memory_bytes": self.indexes.used,
+            "decoder_memory_bytes": self.decoding.budget.used,
         }
 
     def close(self) -> None:
         self.cache.close()
+        self.decoding.close()
 
 
 def _shared_key(cache_dir: str | None) -> str | None:

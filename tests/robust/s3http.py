@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from support import marks
 from support.s3server import free_port, stop_process_group
 
 REGION = "us-east-1"
@@ -69,6 +70,7 @@ class HttpS3:
 @contextlib.contextmanager
 def moto_http_server(workdir: Path, start_timeout: float = 30.0) -> Iterator[HttpS3]:
     """Start ``moto_server`` on a free loopback port; always stop it on exit."""
+    marks.require("s3")
     workdir.mkdir(parents=True, exist_ok=True)
     exe = Path(sys.executable).parent / "moto_server"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}

@@ -32,7 +32,7 @@ class ArchiveContents:
     data: bytes  # the zip file itself
     files: dict[str, bytes]  # member path -> content, as zipfile extracts it
     dirs: set[str]  # every directory (explicit and implied), '' excluded
-    modes: dict[str, int]  # path -> expected permission bits (0o444/0o555) for files and dirs
+    modes: dict[str, int]  # path -> expected permission bits of files and dirs
     explicit_dirs: bool = False
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # zarr archives only
     attrs: dict[str, dict] = field(default_factory=dict)  # zarr archives only: node -> attrs
@@ -79,8 +79,8 @@ class ArchiveContents:
 def expected_from_zip(data: bytes) -> ArchiveContents:
     """Read DATA with zipfile and derive what the mount must show.
 
-    Files are 0o444, or 0o555 when the entry's unix mode has any execute bit;
-    directories are 0o555."""
+    Entries with a unix mode show its permission bits (setuid and setgid dropped); others,
+    and implied directories, 0o644 for files and 0o755 for directories (as ``unzip`` gives)."""
     files: dict[str, bytes] = {}
     dirs: set[str] = set()
     modes: dict[str, int] = {}
@@ -88,19 +88,22 @@ def expected_from_zip(data: bytes) -> ArchiveContents:
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         for info in zf.infolist():
             name = info.filename
+            unix_mode = info.external_attr >> 16 if info.create_system == 3 else 0
+            default = 0o755 if info.is_dir() else 0o644
+            mode = unix_mode & 0o1777 if unix_mode else default
             if info.is_dir():
                 explicit = True
                 dirs.add(name.rstrip("/"))
+                modes[name.rstrip("/")] = mode
                 continue
             files[name] = zf.read(info)
-            unix_mode = info.external_attr >> 16 if info.create_system == 3 else 0
-            modes[name] = 0o555 if unix_mode & 0o111 else 0o444
+            modes[name] = mode
     for name in files:
         for parent in PurePosixPath(name).parents:
             if str(parent) != ".":
                 dirs.add(str(parent))
     for d in dirs:
-        modes[d] = 0o555
+        modes.setdefault(d, 0o755)
     return ArchiveContents(data=data, files=files, dirs=dirs, modes=modes, explicit_dirs=explicit)
 
 

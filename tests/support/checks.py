@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,13 +76,6 @@ def assert_files_equal(got: dict[str, bytes], want: dict[str, bytes], where: str
     assert not bad, f"{where}: content differs for {bad[:10]}" + "".join(
         f"\n  {p}: got {len(got[p])} bytes, want {len(want[p])}" for p in bad[:5]
     )
-
-
-LS_MODE = {
-    (stat.S_IFREG, 0o444): "-r--r--r--",
-    (stat.S_IFREG, 0o555): "-r-xr-xr-x",
-    (stat.S_IFDIR, 0o555): "dr-xr-xr-x",
-}
 
 
 def parse_ls_lR(output: str, root: Path) -> dict[str, dict[str, tuple[str, int]]]:

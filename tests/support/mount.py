@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import marks
+
 ERROR_PREFIX = "zipmount: error: "
 
 
@@ -308,6 +310,7 @@ class Zipmount:
             AWS_EC2_METADATA_DISABLED="true",
             AWS_DEFAULT_REGION=self.region,
             PYTHONUNBUFFERED="1",
+            XDG_STATE_HOME=str(self.workdir / "state"),  # background mounts log there
         )
         ak = self.access_key if access_key is ... else access_key
         sk = self.secret_key if secret_key is ... else secret_key
@@ -349,6 +352,7 @@ class Zipmount:
 
     def _mount_args(self, source: str | None, mp: Path, opts: Sequence[str | os.PathLike], *,
                     foreground: bool, storage: bool, cache: bool) -> list[str]:
+        marks.require("fuse")
         opts_s = [str(o) for o in opts]
         args = ["mount", *([source, str(mp)] if source is not None else []),
                 *(["-f"] if foreground else []), *opts_s]
@@ -436,6 +440,7 @@ def _left_clean(mountpoints: Sequence[Path], markers: Sequence[str],
 
 def wait_mounted(mountpoints: Sequence[Path], *, timeout: float, proc: subprocess.Popen | None,
                  stderr) -> None:
+    marks.require("fuse")
     deadline = time.monotonic() + timeout
     pending = list(mountpoints)
     while True:

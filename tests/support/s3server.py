@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import marks
 from .tlsgen import CertAuthority, make_ca, make_server_cert
 
 # The keys used before IAM enforcement is switched on (moto accepts anything then).
@@ -219,6 +220,7 @@ def stop_process_group(proc: subprocess.Popen) -> None:
 @contextlib.contextmanager
 def moto_s3_server(workdir: Path, start_timeout: float = 30.0) -> Iterator[MotoS3Server]:
     """Start moto_server over HTTPS on a free 127.0.0.1 port; always stop it on exit."""
+    marks.require("s3")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ca = make_ca(workdir / "ca", "zipmount test CA")

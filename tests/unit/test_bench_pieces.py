@@ -8,11 +8,14 @@ from pathlib import Path
 
 import botocore.session
 import numpy as np
+import pytest
 from botocore.parsers import RestXMLParser
 
 from bench.cohort import BUCKET, CohortSpec, key, nginx_etag, touched_bytes, write_listing
-from bench.extra import member_data_range
 from bench.memfuse import MemoryFS
+from bench.registry import STEPS, step
+from bench.run import ALL_CONTENDERS, ALL_STEPS, parse_args
+from bench.steps.stream import member_data_range
 from bench.workload import digest, make_windows, window_chunks
 
 
@@ -70,3 +73,22 @@ def test_the_digest_depends_on_array_bytes_and_list_order():
 def test_touched_bytes_sums_each_distinct_chunk_once():
     manifest = {"chunks": {"r0000": {"eeg/0.0": 10, "eeg/0.1": 20}, "r0001": {"eeg/1.0": 5}}}
     assert touched_bytes(manifest, {"r0000/eeg/0.1", "r0001/eeg/1.0"}) == 25
+
+
+def test_the_registered_steps_and_contenders_run_in_the_order_the_command_line_lists():
+    assert ALL_STEPS == ["eeg", "list", "stream", "memory", "cohort"]
+    assert ALL_CONTENDERS == ["local", "seed", "zipmount", "zipmount-fsspec", "zarr3-zipstore",
+                              "virtualizarr", "zarr3-mount", "fuse-floor", "s3fs-ranged"]
+    assert [s.scope for s in STEPS.values()] == ["session", "session", "endpoint", "round", "once"]
+
+
+def test_a_step_name_is_registered_once():
+    with pytest.raises(ValueError, match="registered twice"):
+        step("eeg", "session")(lambda run, c, delay: None)
+
+
+def test_an_unknown_step_or_contender_is_refused(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--steps", "eeg,nope"])
+    assert exc.value.code == 2
+    assert "unknown step(s): nope" in capsys.readouterr().err

@@ -7,15 +7,17 @@ import time
 import zipfile
 
 import pytest
+from support.fuseinfo import file_info
 
 from zipmount.config import CacheConfig
 from zipmount.engine import Engine
-from zipmount.fuseops import ZipOperations, mfusepy
+from zipmount.fuse.operations import ZipOperations
+from zipmount.fuse.policy import KernelCachePolicy
 from zipmount.source import StorageOptions
 
 
-def _fi() -> mfusepy.fuse_file_info:
-    return mfusepy.fuse_file_info()  # flags 0: O_RDONLY
+def _fi():
+    return file_info()
 
 
 @pytest.fixture
@@ -29,8 +31,9 @@ def archive(tmp_path):
     engine.close()
 
 
-def _ops(engine: Engine, path: str, **kw) -> ZipOperations:
-    return ZipOperations(engine.open_tree(path), engine.stats, **kw)
+def _ops(engine: Engine, path: str, ttl: float, max_tracked_paths: int = 65536) -> ZipOperations:
+    return ZipOperations(engine.open_tree(path), engine.stats, ttl=ttl,
+                         policy=KernelCachePolicy(ttl, max_tracked_paths=max_tracked_paths))
 
 
 def _names() -> list[str]:
@@ -38,31 +41,28 @@ def _names() -> list[str]:
 
 
 def test_bookkeeping_stays_bounded_after_stating_many_paths(archive, tmp_path):
-    ops = _ops(archive, str(tmp_path / "many.zip"), ttl=60)
-    ops.max_tracked_paths = 500
+    ops = _ops(archive, str(tmp_path / "many.zip"), ttl=60, max_tracked_paths=500)
     for name in _names():
         ops.getattr(name)
     for d in range(12):
         ops.opendir(f"/d{d:02d}", _fi())
-    assert ops.tracked_paths() <= 2 * 500
-    assert len(ops._seen) == 500
+    assert ops.policy.tracked_paths() <= 2 * 500
+    assert ops.policy.tracked()["attributes"] == 500
 
 
 def test_readdirplus_entries_count_as_stated_and_stay_bounded(archive, tmp_path):
-    ops = _ops(archive, str(tmp_path / "many.zip"), ttl=60)
-    ops.max_tracked_paths = 150
+    ops = _ops(archive, str(tmp_path / "many.zip"), ttl=60, max_tracked_paths=150)
     for d in range(12):
         entries = list(ops.readdir_plus(f"/d{d:02d}", 0))
         assert [e[0] for e in entries[:2]] == [".", ".."] and len(entries) == 102
         assert all(complete for _, _, complete in entries[2:])
-    assert len(ops._seen) == 150
+    assert ops.policy.tracked()["attributes"] == 150
 
 
 def test_a_path_forgotten_within_the_attr_timeout_is_read_past_the_page_cache(archive, tmp_path):
     """The kernel may still hold attributes of a version the bookkeeping no longer knows: without
     a session to invalidate them through, the handle reads past the page cache."""
-    ops = _ops(archive, str(tmp_path / "many.zip"), ttl=60)
-    ops.max_tracked_paths = 100
+    ops = _ops(archive, str(tmp_path / "many.zip"), ttl=60, max_tracked_paths=100)
     names = _names()
     for name in names:
         ops.getattr(name)
@@ -90,13 +90,14 @@ def test_bookkeeping_older_than_the_attr_timeout_is_dropped_unless_a_handle_is_o
         ops.getattr(name)
     time.sleep(0.1)
     ops.getattr(names[-1])
-    assert set(ops._seen) == {names[0], names[-1]}
+    assert ops.policy.tracked()["attributes"] == 2
+    assert ops.policy.remembers(names[0]) and ops.policy.remembers(names[-1])
     fi = _fi()
     ops.open(names[1], fi)  # the kernel's attributes expired with the entry: pages are dropped
     assert fi.direct_io == 0 and fi.keep_cache == 0
     ops.release(names[1], fi)
     ops.release(names[0], held)
-    assert not ops._open_versions and not ops._handles
+    assert ops.policy.tracked()["open_paths"] == 0 and ops.open_handles() == 0
 
 
 def test_a_directory_keeps_its_cached_entries_while_its_listing_is_unchanged(archive, tmp_path):
@@ -112,8 +113,7 @@ def test_a_directory_keeps_its_cached_entries_while_its_listing_is_unchanged(arc
 
 def test_listings_carry_attributes_only_where_entries_were_looked_up_and_that_memory_is_bounded(
         archive, tmp_path):
-    ops = _ops(archive, str(tmp_path / "many.zip"), ttl=60)
-    ops.max_tracked_paths = 5
+    ops = _ops(archive, str(tmp_path / "many.zip"), ttl=60, max_tracked_paths=5)
     assert not ops.wants_plus("/d00")
     ops.getattr("/d00/f0001.txt")
     assert ops.wants_plus("/d00") and not ops.wants_plus("/d01")
@@ -121,4 +121,5 @@ def test_listings_carry_attributes_only_where_entries_were_looked_up_and_that_me
     assert ops.wants_plus("/")
     for d in range(1, 12):
         ops.getattr(f"/d{d:02d}/f{d * 100:04d}.txt")
-    assert len(ops._stat_dirs) == 5 and not ops.wants_plus("/d00") and ops.wants_plus("/d11")
+    assert ops.policy.tracked()["looked_up_dirs"] == 5
+    assert not ops.wants_plus("/d00") and ops.wants_plus("/d11")

@@ -8,6 +8,7 @@ import logging
 import struct
 import time
 import tracemalloc
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -31,15 +32,10 @@ from robust.zips import (
 )
 
 from zipmount.archive import Archive, CachedObject
-from zipmount.archive.index import (
-    CD_MAX_BYTES,
-    Entry,
-    EntryTable,
-    build_tree,
-    load_index,
-    read_central_directory,
-    save_index,
-)
+from zipmount.archive.index.central import CD_MAX_BYTES, read_central_directory
+from zipmount.archive.index.naming import build_tree
+from zipmount.archive.index.store import load_index, save_index
+from zipmount.archive.index.table import Entry, EntryTable
 from zipmount.cache import BlockCache, DiskTier
 from zipmount.errors import ArchiveError
 from zipmount.source import Source, StorageOptions
@@ -47,7 +43,19 @@ from zipmount.stats import Stats
 
 
 def index(data: bytes) -> EntryTable:
-    return read_central_directory(io.BytesIO(data), len(data), "t.zip")
+    return read_central_directory(CountedReads(data), len(data), "t.zip")
+
+
+class CountedReads:
+    """An object's bytes in memory, read by range, counting the reads."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.ranges: list[tuple[int, int]] = []
+
+    def __call__(self, start: int, end: int) -> bytes:
+        self.ranges.append((start, end))
+        return self.data[start:end]
 
 
 # -- duplicates -----------------------------------------------------------------------------------
@@ -178,6 +186,43 @@ def test_utf8_without_the_flag_the_flag_and_the_unicode_path_field():
     assert "caf\ufffd.txt" in table  # undecodable bytes never fail the archive
 
 
+MIXED_PATHS = ["Backslash \\", "\\", "C:\\Temp\\File", "\\\\server\\share\\file", "dir\\"]
+
+
+def zip_made_on(create_system: int, names: list[str], versions: int = 3) -> bytes:
+    """Like mount-zip's mixed-paths.zip: each name written ``versions`` times, by zipfile, as if
+    on the system ``create_system`` (3 unix, 0 MS-DOS; DOS attributes for DOS)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate names
+        for v in range(versions):
+            for name in names:
+                info = zipfile.ZipInfo(name, date_time=(2024, 5, 17, 12, 30, 42))
+                info.create_system = create_system
+                info.external_attr = 0o100644 << 16 if create_system == 3 else 0x20
+                zf.writestr(info, f"version {v} of {name!r}")
+    return buf.getvalue()
+
+
+def test_backslashes_in_names_from_unix_are_characters_and_every_entry_is_reachable():
+    table = index(zip_made_on(3, MIXED_PATHS))
+    expected = {f"{n}{s}" for n in MIXED_PATHS for s in ("", " (1)", " (2)")}
+    assert set(table) == expected, sorted(table)
+    assert set(table.children[""]) == expected
+    for name in MIXED_PATHS:  # the last version keeps the plain name
+        assert table[name].kind == "file" and table[name].size == len(f"version 2 of {name!r}")
+
+
+def test_backslashes_in_names_from_dos_or_windows_separate_directories():
+    table = index(zip_made_on(0, ["C:\\Temp\\File", "\\\\server\\share\\file", "dir\\", "a\\b/c"],
+                              versions=1))
+    assert sorted(table) == ["C:", "C:/Temp", "C:/Temp/File", "a", "a/b", "a/b/c", "dir", "server",
+                             "server/share", "server/share/file"]
+    assert table["dir"].kind == "dir" and table["C:/Temp/File"].kind == "file"
+    ntfs = index(zip_made_on(11, ["x\\y"], versions=1))
+    assert "x/y" in ntfs
+
+
 def test_undecodable_names_never_fail_the_archive():
     table = index(raw_zip([RawMember(bytes(range(128, 256)), b"x"), RawMember(b"\x81\xff\xfe", b"y")]))
     assert len(table) == 2
@@ -233,9 +278,13 @@ def test_a_huge_claimed_central_directory_is_refused_before_it_is_read(tmp_path:
         f.truncate(size - 22)
         f.seek(size - 22)
         f.write(end)
+    def read(start: int, end: int) -> bytes:
+        f.seek(start)
+        return f.read(end - start)
+
     tracemalloc.start()
     with path.open("rb") as f, pytest.raises(ArchiveError, match="over the limit") as err:
-        read_central_directory(f, size, "sparse.zip")
+        read_central_directory(read, size, "sparse.zip")
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert "\n" not in str(err.value)
@@ -372,3 +421,75 @@ def test_a_damaged_persisted_index_is_dropped_not_served(tmp_path: Path, damage)
         assert not disk.touch("k.index.json")
     finally:
         disk.close()
+
+
+# -- reads ----------------------------------------------------------------------------------------
+
+
+def zip_of(members: int, member_bytes: int, name_len: int = 20) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(members):
+            zf.writestr(f"{i:0{name_len}d}", bytes(member_bytes))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("members", "member_bytes"), [(300, 1000), (300, 100_000), (5, 0)])
+def test_the_end_records_and_a_small_central_directory_come_from_one_read(members, member_bytes):
+    data = zip_of(members, member_bytes)
+    reads = CountedReads(data)
+    table = read_central_directory(reads, len(data), "t.zip")
+    assert len(table) == members
+    assert len(reads.ranges) == 1 and reads.ranges[0][1] == len(data), reads.ranges
+
+
+def test_a_central_directory_bigger_than_the_tail_costs_one_more_read_of_what_the_tail_lacks():
+    data = zip_of(20_000, 0, name_len=40)  # ~1.7 MB of central directory, nothing else
+    cd_start = data.index(b"PK\x01\x02")
+    reads = CountedReads(data)
+    table = read_central_directory(reads, len(data), "t.zip")
+    assert len(table) == 20_000
+    (tail_start, tail_end), (start, end) = reads.ranges
+    assert tail_end == len(data) and (start, end) == (cd_start, tail_start), reads.ranges
+
+
+def test_the_central_directory_start_is_kept_in_the_index_and_persisted(tmp_path: Path):
+    stub = b"#!/bin/sh\nexit 0\n" * 10  # a self-extractor's stub in front
+    data = stub + zip_of(3, 10)
+    table = index(data)
+    assert table.cd_start == data.index(b"PK\x01\x02")
+    disk = DiskTier(tmp_path, 1 << 20)
+    try:
+        save_index(disk, "k.index.json", table)
+        again = load_index(disk, "k.index.json")
+    finally:
+        disk.close()
+    assert again is not None and again.cd_start == table.cd_start
+    assert build_tree([Entry(name="x", kind="file", size=1, mtime_ns=0, mode=0o444)])[0].cd_start is None
+
+
+def test_opening_an_archive_through_the_block_cache_costs_one_request(tmp_path: Path):
+    path = tmp_path / "a.zip"
+    path.write_bytes(zip_of(300, 1000))
+    stats = Stats()
+    source, inner = Source.for_url(str(path), StorageOptions(timeout=5, retries=0), stats)
+    cache = BlockCache(8 << 20, None, stats)
+    try:
+        archive = Archive.open(CachedObject(source, source.stat(inner), cache), None)
+        assert len(archive.entries) == 300
+        assert stats.counters["requests"] == 1
+    finally:
+        cache.close()
+
+
+@pytest.mark.parametrize("name_len", [10, 40, 200])
+def test_the_table_knows_its_size_in_memory(name_len):
+    data = zip_of(3_000, 0, name_len=name_len)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    table = index(data)
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    print(f"{name_len}-character names: {held / len(table):.0f} B/entry measured, "
+          f"{table.memory_bytes() / len(table):.0f} estimated")
+    assert 0.85 * held <= table.memory_bytes() <= 1.15 * held

@@ -16,6 +16,7 @@ import random
 import resource
 import signal
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Iterable, Iterator
@@ -24,9 +25,13 @@ from pathlib import Path
 import pytest
 from robust.zips import RawMember, raw_zip
 
-from zipmount.archive import Archive, CachedObject
-from zipmount.archive import decompress as dz
-from zipmount.archive.members import SPILL_MIN, WHOLE_MEMBER_MAX
+from zipmount.archive import Archive, CachedObject, Decoding
+from zipmount.archive.decompress import DecoderBudget
+from zipmount.archive.decompress import checkpoints as ck
+from zipmount.archive.decompress import streams as st
+from zipmount.archive.decompress.cells import CELL, FILL_AFTER
+from zipmount.archive.layout import WHOLE_MEMBER_MAX
+from zipmount.archive.members import SPILL_MIN
 from zipmount.cache import BlockCache, DiskTier
 from zipmount.errors import ArchiveError
 from zipmount.source import Source, StorageOptions
@@ -84,13 +89,16 @@ def workdir(tmp_path: Path) -> Path:
 
 @contextlib.contextmanager
 def opened(path: Path, disk_root: Path | None = None, disk_size: int = 256 * MiB,
-           memory: int = 32 * MiB) -> Iterator[Archive]:
+           memory: int = 32 * MiB, decoding: Decoding | None = None) -> Iterator[Archive]:
+    """The archive at ``path`` through the real layers (``decoding``: shared with another
+    archive, as an engine shares it; default a fresh one)."""
     stats = Stats()
     source, inner = Source.for_url(str(path), StorageOptions(timeout=10, retries=0), stats)
     disk = DiskTier(disk_root, disk_size) if disk_root is not None else None
     cache = BlockCache(memory, disk, stats)
     try:
-        yield Archive.open(CachedObject(source, source.stat(inner), cache), disk)
+        yield Archive.open(CachedObject(source, source.stat(inner), cache), disk,
+                           decoding or Decoding())
     finally:
         cache.close()  # closes the disk tier too
 
@@ -219,22 +227,24 @@ def test_random_reads_of_a_deflated_member_start_from_its_checkpoints(workdir):
         rng = random.Random(4)
         entry = archive.entries["big"]
         for _ in range(30):
-            dz.PARKED.take(archive.member_version(entry))  # no parked stream: checkpoints only
-            reader = archive.reader(entry)  # a new handle: the member's checkpoints
+            # A new stream (as a new handle's): it starts from the member's checkpoints.
+            stream = st.MemberStream(archive.view(entry), archive.decoding.checkpoints, None,
+                                     archive.decoding.budget)
             offset = rng.randrange(len(plain))
-            assert reader.read(offset, 4096) == plain[offset: offset + 4096]
-            stream = reader.stream.stream
-            assert offset - stream.started_at <= dz.CHECKPOINT_EVERY + dz.PIECE, \
-                f"decompressed {offset - stream.started_at} bytes to reach {offset}"
-            reader.close()
+            assert stream.read(offset, 4096) == plain[offset: offset + 4096]
+            assert stream.stream is not None
+            assert offset - stream.stream.started_at <= ck.CHECKPOINT_EVERY + st.PIECE, \
+                f"decompressed {offset - stream.stream.started_at} bytes to reach {offset}"
+            stream.close()
 
 
 def test_a_random_read_fetches_the_input_up_to_the_next_checkpoint_at_once(workdir):
     plain = random.Random(10).randbytes(64 * MiB)  # over WHOLE_MEMBER_MAX: not fetched at open
     path = write_zip(workdir, [member("big", DEFLATE, plain)])
-    with opened(path) as archive:
-        assert read_all(archive, "big") == plain  # makes the checkpoints (kept per daemon)
-    with opened(path, memory=256 * MiB) as archive:  # a fresh block cache, as after eviction
+    decoding = Decoding()  # one engine's: its checkpoints outlive a block cache's contents
+    with opened(path, decoding=decoding) as archive:
+        assert read_all(archive, "big") == plain  # makes the checkpoints
+    with opened(path, memory=256 * MiB, decoding=decoding) as archive:  # a fresh block cache
         entry = archive.entries["big"]
         member_version = archive.member_version(entry)
         counters = archive.cached.cache.stats.counters
@@ -242,12 +252,12 @@ def test_a_random_read_fetches_the_input_up_to_the_next_checkpoint_at_once(workd
         rng = random.Random(10)
         reads = 6
         for _ in range(reads):
-            offset = rng.randrange(len(plain) - dz.CHECKPOINT_EVERY)
-            start = dz.CHECKPOINTS.nearest(member_version, offset)
-            end = dz.CHECKPOINTS.following(member_version, offset)
+            offset = rng.randrange(len(plain) - ck.CHECKPOINT_EVERY)
+            start = decoding.checkpoints.nearest(member_version, offset)
+            end = decoding.checkpoints.following(member_version, offset)
             needed += (end.in_pos if end else entry.compress_size) - (start.in_pos if start else 0)
             needed += 2 * 64 * 1024  # whole blocks at both ends
-            dz.PARKED.take(member_version)
+            decoding.park.take(member_version)
             reader = archive.reader(entry)
             assert reader.read(offset, 4096) == plain[offset: offset + 4096]
             reader.close()
@@ -268,7 +278,7 @@ def test_backward_steps_inside_the_window_reuse_the_stream(workdir):
         try:
             assert reader.read(0, 3 * MiB) == plain[: 3 * MiB]
             stream = reader.stream.stream
-            back = 3 * MiB - dz.WINDOW + 4096
+            back = 3 * MiB - st.WINDOW + 4096
             assert reader.read(back, 4096) == plain[back: back + 4096]
             assert reader.read(3 * MiB, 4096) == plain[3 * MiB: 3 * MiB + 4096]
             assert reader.stream.stream is stream, "a step back inside the window restarted"
@@ -291,16 +301,194 @@ def test_a_new_handle_goes_on_where_the_last_closed_one_stopped(workdir):
 
 
 def test_checkpoints_stay_within_their_budget(workdir):
-    store = dz.CheckpointStore(budget=8 * dz.CHECKPOINT_COST)
+    store = ck.CheckpointStore(budget=8 * ck.CHECKPOINT_COST)
     plain = text(6, 12 * MiB)
     with opened(write_zip(workdir, [member("a", DEFLATE, plain), member("b", DEFLATE, plain)])
                 ) as archive:
         for name in ("a", "b"):
             entry = archive.entries[name]
-            stream = dz.MemberStream(archive.cached, entry, archive.data_offset(entry), name, store)
+            stream = st.MemberStream(archive.view(entry), store, None, DecoderBudget())
             assert stream.read(len(plain) - 10, 10) == plain[-10:]
             assert store.used <= store.budget
-    assert store.nearest("b", len(plain)) is not None  # the most recent member is kept
+        assert store.nearest(archive.member_version(archive.entries["b"]), len(plain)) \
+            is not None  # the most recent member is kept
+
+
+def lzma_member(name: str, plain: bytes, dict_size: int) -> RawMember:
+    """An LZMA member whose header asks for a ``dict_size`` dictionary (what the decoder takes)."""
+    c = lzma.LZMACompressor(lzma.FORMAT_RAW, filters=[
+        {"id": lzma.FILTER_LZMA1, "preset": 0, "dict_size": dict_size, "lc": 3, "lp": 0, "pb": 2}])
+    body = c.compress(plain) + c.flush()
+    head = struct.pack("<BBH", 9, 4, 5) + struct.pack("<BI", (2 * 5 + 0) * 9 + 3, dict_size)
+    return RawMember(name.encode(), plain, method=LZMA, payload=head + body)
+
+
+def test_many_open_lzma_handles_stay_within_one_decoder_budget(workdir):
+    # 12 handles of members that each need an 8 MiB dictionary (filled: every handle reads past
+    # it), all open at once, read in turns: without one budget they held ~12 x 10 MiB.
+    plains = [text(20 + i, 10 * MiB) for i in range(12)]
+    path = write_zip(workdir, [lzma_member(f"m{i}", p, 8 * MiB) for i, p in enumerate(plains)])
+    budget = DecoderBudget(capacity=24 * MiB)
+    with opened(path, decoding=Decoding(budget=budget)) as archive:
+        readers = [archive.reader(archive.entries[f"m{i}"]) for i in range(12)]
+        reset_peak_rss()
+        before = peak_rss()
+        try:
+            for offset in (9 * MiB, 9 * MiB + 300_000):
+                for plain, reader in zip(plains, readers, strict=True):
+                    assert reader.read(offset, 4096) == plain[offset: offset + 4096]
+                    assert budget.used <= budget.capacity
+        finally:
+            for reader in readers:
+                reader.close()
+        grew = peak_rss() - before
+        assert budget.peak <= budget.capacity
+    # The decoders, windows and parked streams are the budget; the slack is for the read
+    # buffers, the allocator and the block cache (32 MiB in this test).
+    assert grew < budget.capacity + 48 * MiB, f"grew {grew / MiB:.0f} MiB"
+
+
+def test_closed_handles_keep_no_more_than_the_budget_and_the_engine_frees_them(workdir):
+    plains = [text(40 + i, 12 * MiB) for i in range(6)]
+    path = write_zip(workdir, [lzma_member(f"m{i}", p, 8 * MiB) for i, p in enumerate(plains)])
+    decoding = Decoding(budget=DecoderBudget(capacity=24 * MiB))
+    with opened(path, decoding=decoding) as archive:
+        for i, plain in enumerate(plains):
+            reader = archive.reader(archive.entries[f"m{i}"])
+            assert reader.read(9 * MiB, 4096) == plain[9 * MiB: 9 * MiB + 4096]
+            reader.close()  # parked for the member's next handle, charged to the budget
+            assert decoding.budget.used <= decoding.budget.capacity
+        assert decoding.budget.used > 0
+        decoding.close()
+        assert decoding.budget.used == 0
+        assert decoding.park.take(archive.member_version(archive.entries["m5"])) is None
+
+
+# -- decoded cells ------------------------------------------------------------------------------
+
+
+CELLS_PLAIN = text(14, 12 * MiB + 12345)  # 7 cells of 2 MiB, the last one short
+CELLS = -(-len(CELLS_PLAIN) // CELL)
+
+
+def random_reads(archive: Archive, name: str, plain: bytes, count: int, seed: int,
+                 size: int = 4096) -> None:
+    """``count`` random reads of ``size`` bytes, each by a new handle (as page faults come)."""
+    rng = random.Random(seed)
+    entry = archive.entries[name]
+    for _ in range(count):
+        offset = rng.randrange(len(plain) - size)
+        reader = archive.reader(entry)
+        try:
+            assert reader.read(offset, size) == plain[offset: offset + size], offset
+        finally:
+            reader.close()
+
+
+def test_random_reads_of_a_deflated_member_decode_each_cell_once(workdir):
+    with opened(write_zip(workdir, [member("big", DEFLATE, CELLS_PLAIN)])) as archive:
+        counters = archive.cached.cache.stats.counters
+        random_reads(archive, "big", CELLS_PLAIN, 200, seed=1)
+        # the first phase: the first read far into the member decodes up to it (making the
+        # checkpoints), every other cell once from the checkpoint at its start
+        assert 1 <= counters["cells_decoded"] <= CELLS
+        assert counters["cell_bytes_decoded"] <= 2 * len(CELLS_PLAIN)
+        made = counters["cells_decoded"], counters["cell_bytes_decoded"]
+        random_reads(archive, "big", CELLS_PLAIN, 200, seed=2)
+        random_reads(archive, "big", CELLS_PLAIN, 50, seed=3, size=100_000)
+        assert (counters["cells_decoded"], counters["cell_bytes_decoded"]) == made, \
+            "a random read after the first pass decoded again"
+
+
+def test_a_member_read_once_at_a_few_offsets_decodes_a_cell_per_offset(workdir):
+    path = write_zip(workdir, [member("big", DEFLATE, CELLS_PLAIN)])
+    decoding = Decoding()
+    with opened(path, decoding=decoding) as archive:
+        assert read_all(archive, "big") == CELLS_PLAIN  # checkpoints made (kept by the engine)
+        assert archive.cached.cache.stats.counters["cells_decoded"] == 0, \
+            "a read in order went through the decoded cells"
+    with opened(path, decoding=decoding) as archive:  # a fresh block cache
+        random_reads(archive, "big", CELLS_PLAIN, 3, seed=4)
+        counters = archive.cached.cache.stats.counters
+        assert 1 <= counters["cells_decoded"] <= 3
+        assert counters["cell_bytes_decoded"] <= 3 * CELL
+
+
+def test_concurrent_random_readers_share_the_decode_of_a_cell(workdir):
+    with opened(write_zip(workdir, [member("big", DEFLATE, CELLS_PLAIN)])) as archive:
+        entry = archive.entries["big"]
+        shared = archive.reader(entry)  # one handle read from every thread, as mmap faults are
+        errors: list[str] = []
+
+        def read_at_random(seed: int) -> None:
+            rng = random.Random(seed)
+            own = archive.reader(entry)
+            try:
+                for n in range(60):
+                    offset = rng.randrange(len(CELLS_PLAIN) - 4096)
+                    got = (own if n % 2 else shared).read(offset, 4096)
+                    if got != CELLS_PLAIN[offset: offset + 4096]:
+                        errors.append(f"wrong bytes at {offset}")
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(repr(exc))
+            finally:
+                own.close()
+
+        threads = [threading.Thread(target=read_at_random, args=(seed,)) for seed in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        shared.close()
+        assert not any(t.is_alive() for t in threads), "a reader hung"
+        assert not errors, errors[:5]
+        assert 1 <= archive.cached.cache.stats.counters["cells_decoded"] <= CELLS
+
+
+def test_a_member_read_at_random_on_and_on_is_decoded_whole_in_the_background(workdir):
+    plain = text(19, (FILL_AFTER + 4) * CELL + CELL // 2)
+    cells = -(-len(plain) // CELL)
+    with opened(write_zip(workdir, [member("big", DEFLATE, plain)]), workdir / "cache",
+                memory=128 * MiB) as archive:  # every cell stays in memory: each made once
+        counters = archive.cached.cache.stats.counters
+        reader = archive.reader(archive.entries["big"])
+        for cell in range(cells - 1, cells - 1 - FILL_AFTER, -1):  # FILL_AFTER cells on demand
+            offset = cell * CELL + 5000
+            assert reader.read(offset, 4096) == plain[offset: offset + 4096]
+        reader.close()
+        deadline = time.monotonic() + 60
+        while counters["cells_decoded"] < cells and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert counters["cells_decoded"] == cells, "the rest of the member was not filled"
+        assert counters["cell_bytes_decoded"] <= 2 * len(plain)
+        random_reads(archive, "big", plain, 100, seed=6)  # new offsets: no decode any more
+        assert counters["cells_decoded"] == cells
+
+
+def test_a_member_read_at_a_few_offsets_is_not_filled(workdir):
+    plain = text(19, (FILL_AFTER + 4) * CELL + CELL // 2)
+    with opened(write_zip(workdir, [member("big", DEFLATE, plain)]), workdir / "cache") as archive:
+        random_reads(archive, "big", plain, 3, seed=7)
+        made = archive.cached.cache.stats.counters["cells_decoded"]
+        time.sleep(1)  # a fill, had one started, would have made more meanwhile
+        assert made == archive.cached.cache.stats.counters["cells_decoded"] <= 3
+
+
+def test_a_replaced_archive_never_serves_the_old_decoded_cells(workdir):
+    old, new = CELLS_PLAIN, text(15, len(CELLS_PLAIN))  # same name, size, offset: new bytes
+    path = write_zip(workdir, [member("big", DEFLATE, old)])
+    offsets = random.Random(5).sample(range(len(old) - 4096), 40)
+    with opened(path, workdir / "cache") as archive:
+        for offset in offsets:
+            assert archive.reader(archive.entries["big"]).read(offset, 4096) == \
+                old[offset: offset + 4096]
+    assert list((workdir / "cache").glob("files/*/*m*.65536.*/*.run")), "no decoded cell kept"
+    path.write_bytes(raw_zip([member("big", DEFLATE, new)]))
+    os.utime(path, (time.time() + 10, time.time() + 10))  # a new version (mtime token)
+    with opened(path, workdir / "cache") as archive:  # the same cache directory
+        for offset in offsets:
+            assert archive.reader(archive.entries["big"]).read(offset, 4096) == \
+                new[offset: offset + 4096]
 
 
 # -- stored members -------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from zipmount.engine import Engine
 from zipmount.errors import NotFound
 from zipmount.source import ObjectInfo, StorageOptions
 from zipmount.tree import PrefixTree
-from zipmount.tree.indexes import ENTRY_BYTES, IndexLRU
+from zipmount.tree.indexes import IndexLRU
 
 
 def _cohort(root: Path, count: int, entries: int) -> dict[str, dict[str, bytes]]:
@@ -32,32 +32,50 @@ def _engine(tmp_path: Path, **cache: object) -> Engine:
 
 
 class Dropped:
-    def __init__(self) -> None:
+    """A holder that costs ``cost`` bytes while loaded."""
+
+    def __init__(self, cost: int = 1000) -> None:
+        self.cost = cost
         self.dropped = False
 
     def drop_index(self) -> None:
         self.dropped = True
 
+    def index_bytes(self) -> int:
+        return 0 if self.dropped else self.cost
+
 
 def test_the_index_lru_drops_the_least_recently_used_and_never_the_newest():
-    lru = IndexLRU(capacity=3 * 10 * ENTRY_BYTES)
+    lru = IndexLRU(capacity=3 * 1000)
     a, b, c, d = Dropped(), Dropped(), Dropped(), Dropped()
-    lru.loaded(a, 10)
-    lru.loaded(b, 10)
-    lru.loaded(c, 10)
+    lru.loaded(a)
+    lru.loaded(b)
+    lru.loaded(c)
     lru.used_by(a)  # b is now the oldest
-    lru.loaded(d, 10)
+    lru.loaded(d)
     assert (a.dropped, b.dropped, c.dropped, d.dropped) == (False, True, False, False)
-    assert lru.used == 3 * 10 * ENTRY_BYTES and len(lru) == 3
-    huge = Dropped()
-    lru.loaded(huge, 10_000)  # bigger than the cap on its own: kept, everything else dropped
+    assert lru.used == 3 * 1000 and len(lru) == 3
+    huge = Dropped(100_000)
+    lru.loaded(huge)  # bigger than the cap on its own: kept, everything else dropped
     assert not huge.dropped and a.dropped and c.dropped and d.dropped and len(lru) == 1
+
+
+def test_the_index_lru_charges_what_a_holder_grew_to_at_each_use():
+    lru = IndexLRU(capacity=3 * 1000)
+    a, b, c = Dropped(), Dropped(), Dropped()
+    for holder in (a, b, c):
+        lru.loaded(holder)
+    c.cost = 2000  # its members were read: what it remembers of them grew
+    lru.used_by(c)
+    assert lru.used == 3000 and a.dropped and not b.dropped and not c.dropped
+    lru.used_by(a)  # dropped meanwhile: not charged until it loads again
+    assert lru.used == 3000 and len(lru) == 2
 
 
 def test_a_sweep_over_a_prefix_keeps_loaded_indexes_under_the_cap_and_reloads_without_requests(
         tmp_path):
     contents = _cohort(tmp_path / "cohort", count=40, entries=50)
-    cap = 5 * 50 * ENTRY_BYTES  # room for about five indexes
+    cap = 5 * 50 * 200  # room for about five indexes of 50 entries
     engine = _engine(tmp_path, index_memory=cap)
     tree = engine.open_tree(str(tmp_path / "cohort") + "/")
     try:
@@ -66,7 +84,7 @@ def test_a_sweep_over_a_prefix_keeps_loaded_indexes_under_the_cap_and_reloads_wi
             assert reader.read(0, 100) == files["d3/f3.txt"]
             reader.close()
             assert tree.open_archives() <= 6
-            assert engine.indexes.used <= cap + 50 * ENTRY_BYTES
+            assert engine.indexes.used <= cap + 50 * 200
         requests = engine.stats.counters["requests"]
         for name, files in contents.items():  # a second sweep: indexes reload from the disk cache
             assert tree.stat(f"{name}/d0/f0.txt").size == len(files["d0/f0.txt"])
@@ -158,7 +176,7 @@ def test_running_out_of_file_descriptors_never_deletes_a_persisted_index_or_view
     import os
     import resource
 
-    from zipmount.archive.index import load_index
+    from zipmount.archive.index.store import load_index
     from zipmount.tree.views import remembered_view
 
     path = tmp_path / "one.zip"

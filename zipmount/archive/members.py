@@ -1,45 +1,47 @@
 """Member reads: stored members as byte ranges, compressed ones as bounded decompression streams
-(:mod:`.decompress`), bzip2/LZMA ones with a spill file for random access."""
+(:mod:`.decompress`), bzip2/LZMA ones with a spill file (:mod:`.spill`) for random access.
+
+A reader is given a :class:`~.view.MemberView` of its member, never the archive."""
 
 from __future__ import annotations
 
 import logging
 import os
-import struct
 import threading
 import zipfile
-from typing import TYPE_CHECKING
 
 from ..errors import ArchiveError
-from .decompress import MemberStream, crc32
-from .index import Entry
-from .readahead import Prefetcher
-
-if TYPE_CHECKING:
-    from .archive import Archive
+from .decompress import Decoding, MemberStream, crc32
+from .decompress.cells import CELL, DecodedCells
+from .decompress.streams import PIECE, WINDOW
+from .layout import WHOLE_MEMBER_MAX
+from .readahead import Prefetcher, readahead_max
+from .spill import SpillFiles
+from .view import MemberView
 
 log = logging.getLogger(__name__)
 
-# Members up to this size are fetched whole by the first read: zarr reads chunks whole.
-WHOLE_MEMBER_MAX = 16 * 1024 * 1024
 # bzip2/LZMA members at least this big get a spill file for non-sequential reads.
 SPILL_MIN = 8 * 1024 * 1024
 SPILL_METHODS = {zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 # A handle checks a big stored member's CRC-32 while it is read in order; reads that arrive
 # ahead of that order (the kernel's concurrent readahead) are held until the gap fills, up to:
 CRC_AHEAD_MAX = 4 * 1024 * 1024
-LOCAL_HEADER = struct.Struct("<4s5HIIIHH")
+# A handle that has read on from where it stopped this far walks the member: its stream goes on.
+WALK = 1024 * 1024
 
 
 class MemberReader:
     """Reads of one member for one open file handle."""
 
-    archive: Archive
-    entry: Entry
+    def __init__(self, view: MemberView) -> None:
+        self.view = view
+        self.entry = view.entry
 
     @property
     def version(self) -> str:
-        return self.archive.member_version(self.entry)
+        """Which archive version and member this handle reads."""
+        return self.view.version
 
     def read(self, offset: int, size: int) -> bytes:
         raise NotImplementedError
@@ -55,19 +57,13 @@ class StoredReader(MemberReader):
     reads it whole in order (the read that completes it fails with EIO on a mismatch).
     """
 
-    def __init__(self, archive: Archive, entry: Entry) -> None:
-        self.archive = archive
-        self.entry = entry
-        if entry.compress_size != entry.size:
-            raise ArchiveError(f"{entry.name}: stored member declares {entry.size} bytes but "
-                               f"holds {entry.compress_size}")
-        archive.prefetcher.observe(entry.header_offset,
-                                   entry.header_offset + LOCAL_HEADER.size + entry.raw_name_len
-                                   + entry.extra_len + entry.compress_size, archive.cached.obj.size)
-        self.start = archive.data_offset(entry)
-        archive.verify_stored(entry, self.start)
+    def __init__(self, view: MemberView) -> None:
+        super().__init__(view)
+        entry, cached = view.entry, view.cached
+        self.start = view.data_start
         big = entry.size > WHOLE_MEMBER_MAX
-        self.prefetcher = Prefetcher(archive.cached) if big else None
+        self.prefetcher = Prefetcher(cached, readahead_max(cached.cache.memory.capacity)) \
+            if big else None
         self.crc_pos: int | None = 0 if big else None  # checked up to here; None: gave up
         self.crc = 0
         self.ahead: dict[int, bytes] = {}  # reads past crc_pos, by offset
@@ -75,21 +71,21 @@ class StoredReader(MemberReader):
         self._crc_lock = threading.Lock()  # reads of one handle may come from several threads
 
     def read(self, offset: int, size: int) -> bytes:
-        self.archive.check_intact(self.entry)
+        self.view.check_intact()
         begin = self.start + min(offset, self.entry.size)
         end = self.start + min(offset + size, self.entry.size)
         if begin >= end:
             return b""
         if self.prefetcher is not None:
             self.prefetcher.observe(begin, end, self.start + self.entry.size)
-        data = self.archive.cached.read(begin, end)
+        data = self.view.cached.read(begin, end)
         if self.crc_pos is not None:
             try:
                 with self._crc_lock:
                     if self.crc_pos is not None:
                         self._check(offset, data)
             except ArchiveError as exc:
-                self.archive.mark_corrupt(self.entry, exc)
+                self.view.mark_corrupt(exc)
                 raise
         return data
 
@@ -130,28 +126,49 @@ class CompressedReader(MemberReader):
     """A bounded decompression stream per open file (see :mod:`.decompress`); its reads take
     turns (a stream has one position).
 
-    A big bzip2/LZMA member switches to its spill file (when there is a disk cache) when a read
-    steps back past the stream's window; spill failures of any kind fall back to the stream.
+    Random reads of a big deflated member are served from its decoded cells in the block cache
+    (:mod:`.decompress.cells`), in parallel; reads that walk on stay with the stream. A big bzip2/LZMA
+    member switches to its spill file (when there is a disk cache) when a read steps back past
+    the stream's window; spill failures of any kind fall back to the stream.
     """
 
-    def __init__(self, archive: Archive, entry: Entry) -> None:
-        self.archive = archive
-        self.entry = entry
-        self.stream = MemberStream(archive.cached, entry, archive.data_offset(entry),
-                                   archive.member_version(entry))
+    def __init__(self, view: MemberView, decoding: Decoding, spills: SpillFiles | None) -> None:
+        super().__init__(view)
+        entry = view.entry
+        self.stream = MemberStream(view, decoding.checkpoints, decoding.park, decoding.budget)
+        self.cells = DecodedCells(view, decoding.checkpoints, decoding.budget, decoding.fills) \
+            if entry.method == zipfile.ZIP_DEFLATED and entry.size > WINDOW else None
+        self.spills = spills
         self.spillable = (entry.method in SPILL_METHODS and entry.size >= SPILL_MIN
-                          and archive.disk is not None)
+                          and spills is not None)
         self.spill: int | None = None  # fd of the spill file
+        self._walk_end = -1  # where the last read ended
+        self._walked = 0  # bytes read on from where the read before stopped (about)
         self._lock = threading.Lock()
 
     def read(self, offset: int, size: int) -> bytes:
-        with self._lock:
-            self.archive.check_intact(self.entry)
-            try:
+        self.view.check_intact()
+        try:
+            if self._random(offset, size):
+                assert self.cells is not None
+                return self.cells.read(offset, size)
+            with self._lock:
                 return self._read(offset, size)
-            except ArchiveError as exc:  # corrupt data, a CRC mismatch, a size that lies
-                self.archive.mark_corrupt(self.entry, exc)
-                raise
+        except ArchiveError as exc:  # corrupt data, a CRC mismatch, a size that lies
+            self.view.mark_corrupt(exc)
+            raise
+
+    def _random(self, offset: int, size: int) -> bool:
+        """Whether this read goes to the decoded cells: a read of a few pages (not a whole
+        member) that the stream cannot serve by going on and that does not walk on from the
+        reads before it."""
+        if self.cells is None or size > CELL:
+            return False
+        with self._lock:
+            near = self._walk_end - WINDOW <= offset <= self._walk_end + PIECE
+            self._walked = self._walked + size if near else 0
+            self._walk_end = offset + size
+            return self._walked < WALK and not self.stream.continues(offset)
 
     def _read(self, offset: int, size: int) -> bytes:
         if self.spill is None and self.spillable and self.stream.needs_restart(offset):
@@ -168,14 +185,15 @@ class CompressedReader(MemberReader):
 
     def _open_spill(self) -> None:
         """Open the spill file, making it if needed; on failure stream on (never an error)."""
+        assert self.spills is not None
         for _ in range(2):  # a spill file deleted behind the daemon is made again, once
-            path = self.archive.spill_path(self.entry)
+            path = self.spills.path(self.view)
             if path is None:
                 break
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
-                self.archive.forget_spill(self.entry)
+                self.spills.forget(self.view)
                 continue
             except OSError as exc:
                 log.warning("spill file of %s cannot be opened (%s): decompressing instead",
@@ -186,7 +204,7 @@ class CompressedReader(MemberReader):
                 self.spill = fd
                 return
             os.close(fd)
-            self.archive.forget_spill(self.entry)
+            self.spills.forget(self.view)
         self.spillable = False
 
     def _close_spill(self) -> None:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .remote import CachedObject
+from typing import Protocol
 
 READAHEAD_MIN = 1024 * 1024
 # What is in flight must cover the reader's consumption during one round trip: with 8 MiB a
@@ -14,12 +11,24 @@ READAHEAD_MIN = 1024 * 1024
 READAHEAD_MAX = 32 * 1024 * 1024
 
 
+def readahead_max(memory_capacity: int) -> int:
+    """How far ahead a reader may be fetched: READAHEAD_MAX, or an eighth of the memory cache if
+    that is less (what is fetched ahead must not evict itself before it is read)."""
+    return max(READAHEAD_MIN, min(READAHEAD_MAX, memory_capacity // 8))
+
+
+class Target(Protocol):
+    """What read-ahead fetches into (a :class:`~.remote.CachedObject`)."""
+
+    def prefetch(self, start: int, end: int) -> None: ...
+
+
 class Prefetcher:
     """Read-ahead driven by the locality of recent reads.
 
     When the last few reads all fall in a small region and cover a fair part of it, the reader
     is walking that region: the region and a window beyond it are fetched, in parallel requests,
-    the window doubling (up to ``readahead_max``) each time the reader catches up with it. That
+    the window doubling (up to ``window_max``) each time the reader catches up with it. That
     covers a zarr client reading chunk after chunk of a stored archive — in archive order, or in
     the lexicographic order of a zip made from a directory (0.0, 0.1, 0.10, ...) — and ``cat``
     of a big member. A walker that jumps elsewhere is followed at once (zarr's next channel sits
@@ -34,8 +43,9 @@ class Prefetcher:
     SPAN = 8 * 1024 * 1024  # largest region they may spread over
     DENSITY = 8  # and they must cover at least 1/DENSITY of it
 
-    def __init__(self, cached: CachedObject) -> None:
-        self.cached = cached
+    def __init__(self, target: Target, window_max: int) -> None:
+        self.target = target
+        self.window_max = window_max
         self._recent: list[tuple[int, int]] = []
         self._window = 0
         self._fetched = (0, 0)  # the region already asked for
@@ -47,7 +57,7 @@ class Prefetcher:
         with self._lock:
             ahead = self._plan(start, end, limit)
         if ahead is not None:
-            self.cached.prefetch(*ahead)
+            self.target.prefetch(*ahead)
 
     def _plan(self, start: int, end: int, limit: int) -> tuple[int, int] | None:
         """The range to fetch ahead after this read, if any (called under the lock)."""
@@ -77,7 +87,7 @@ class Prefetcher:
             return None
         # The reader caught up with what was fetched: look twice as far ahead as last time
         # (the window grows with what is consumed, up to its maximum).
-        self._window = min(self.cached.readahead_max, self._window * 2)
+        self._window = min(self.window_max, self._window * 2)
         ahead_from = done_high if done_low <= low <= done_high else low
         ahead_to = min(limit, high + self._window)
         if ahead_from >= ahead_to:

@@ -7,38 +7,29 @@ from collections.abc import Callable
 from typing import Any
 
 from ..cache import BlockCache
-from ..errors import ObjectChanged
 from ..store import ObjectInfo, Store
-from .readahead import READAHEAD_MAX, READAHEAD_MIN
 
 
 class CachedObject:
-    """One version of a remote object read through the shared block cache."""
+    """One version of a remote object read through the shared block cache.
 
-    def __init__(self, source: Store, obj: ObjectInfo, cache: BlockCache,
-                 on_changed: Callable[[], None] | None = None) -> None:
+    A read that finds the server no longer has this version raises
+    :class:`~zipmount.errors.ObjectChanged` (ESTALE) to its caller, who decides what that means.
+    """
+
+    def __init__(self, source: Store, obj: ObjectInfo, cache: BlockCache) -> None:
         self.source = source
         self.obj = obj
         self.cache = cache
         self.key = obj.cache_key(source.location)
-        self.on_changed = on_changed  # told when the server no longer has this version
 
     def _fetch(self, start: int, end: int) -> bytes:
-        try:
-            return self.source.read(self.obj, start, end)
-        except ObjectChanged:
-            if self.on_changed is not None:
-                self.on_changed()
-            raise
+        return self.source.read(self.obj, start, end)
 
     def read(self, start: int, end: int) -> bytes:
-        return self.cache.read(self.key, self.obj.size, start, end, self._fetch)
-
-    @property
-    def readahead_max(self) -> int:
-        """How far ahead a reader may be fetched: READAHEAD_MAX, or an eighth of the memory
-        cache if that is less (what is fetched ahead must not evict itself before it is read)."""
-        return max(READAHEAD_MIN, min(READAHEAD_MAX, self.cache.memory.capacity // 8))
+        # The deadline is this source's (its filesystem's or mount's), not the shared cache's.
+        return self.cache.read(self.key, self.obj.size, start, end, self._fetch,
+                               timeout=self.source.timeout)
 
     def prefetch(self, start: int, end: int) -> None:
         self.cache.prefetch(self.key, self.obj.size, start, end, self._fetch)

@@ -85,12 +85,15 @@ class BlockCache:
             self._writer = threading.Thread(target=self._write_runs, name="zipmount-disk", daemon=True)
             self._writer.start()
 
-    def read(self, key: str, size: int, start: int, end: int, fetch: Fetch) -> bytes:
-        """Bytes ``[start, end)`` of the object ``key`` of ``size`` bytes."""
+    def read(self, key: str, size: int, start: int, end: int, fetch: Fetch,
+             timeout: float | None = None) -> bytes:
+        """Bytes ``[start, end)`` of the object ``key`` of ``size`` bytes; ``timeout``: this
+        read's bound on waiting for requests other reads started (default: the cache's)."""
         end = min(end, size)
         if start >= end:
             return b""
-        deadline = time.monotonic() + self.timeout
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         bs = self.block_size
         first, last = start // bs, (end - 1) // bs
         found: dict[int, memoryview] = {}
@@ -113,7 +116,7 @@ class BlockCache:
             # Every wait ends by the read's deadline, for a request another read started and
             # for this read's own pieces queued in the shared pool behind other reads' alike.
             try:
-                found.update((i, self._wait(fut, deadline, i in own)) for i, fut in waits.items())
+                found.update((i, self._wait(fut, deadline, timeout, i in own)) for i, fut in waits.items())
             except _NoData as exc:
                 for job, task in queued:  # not started yet: nobody else will fetch them now
                     if task.cancel():
@@ -128,13 +131,14 @@ class BlockCache:
         parts[-1] = parts[-1][: end - last * bs]
         return b"".join(parts)
 
-    def _wait(self, fut: Future[memoryview], deadline: float, own: bool) -> memoryview:
+    def _wait(self, fut: Future[memoryview], deadline: float, timeout: float,
+              own: bool) -> memoryview:
         try:
             return fut.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
             why = "its requests queued behind other reads'" if own else \
                 "waiting for a request another read started"
-            raise _NoData(f"no data within {self.timeout:g} s ({why})") from None
+            raise _NoData(f"no data within {timeout:g} s ({why})") from None
 
     def _abandon(self, job: Job, exc: BaseException) -> None:
         """Fail the blocks of a piece that will not be fetched (its reader gave up)."""

@@ -6,10 +6,9 @@ import logging
 import posixpath
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ..archive import Archive, CachedObject, Entry, MemberReader
+from ..archive import Archive, CachedObject, Decoding, Entry, MemberReader
 from ..cache import BlockCache
 from ..errors import (
     ArchiveError,
@@ -17,13 +16,14 @@ from ..errors import (
     NotADirectory,
     NotASymlink,
     NotFound,
+    ObjectChanged,
     ObjectNotFound,
     SourceError,
     ZipmountError,
 )
 from ..stats import Stats
 from ..store import ObjectInfo, Store
-from .base import Node
+from .base import DIR_MODE, FileReader, Node
 from .indexes import IndexLRU
 from .views import remember_view
 
@@ -32,13 +32,33 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Reach:
-    """What an archive is read through: the source, the shared block cache, the counters, and
-    the engine's cap on loaded indexes."""
+    """What an archive is read through: the source, the shared block cache, the counters, the
+    engine's cap on loaded indexes and what its compressed-member readers share."""
 
     source: Store
     cache: BlockCache
     stats: Stats
     indexes: IndexLRU
+    decoding: Decoding = field(default_factory=Decoding)
+
+
+class WatchedReader(MemberReader):
+    """A member reader whose reads tell the slot when they find its version gone."""
+
+    def __init__(self, reader: MemberReader, slot: ArchiveSlot) -> None:
+        super().__init__(reader.view)
+        self.reader = reader
+        self.slot = slot
+
+    def read(self, offset: int, size: int) -> bytes:
+        try:
+            return self.reader.read(offset, size)
+        except ObjectChanged:
+            self.slot.expire()
+            raise
+
+    def close(self) -> None:
+        self.reader.close()
 
 
 class ArchiveSlot:
@@ -47,17 +67,16 @@ class ArchiveSlot:
 
     ``revalidate_after``: seconds after which the slot checks its own identity in the background
     (a single-archive mount); ``None`` when an owner's listing does it (a prefix mount), which
-    ``on_changed`` tells when the server no longer has the version being served.
+    looks at ``stale``: a read found that the server no longer has the version served.
     """
 
     def __init__(self, reach: Reach, obj: ObjectInfo, *, age: float = 0.0,
-                 revalidate_after: float | None = None, remember_as: str | None = None,
-                 on_changed: Callable[[], None] | None = None) -> None:
+                 revalidate_after: float | None = None, remember_as: str | None = None) -> None:
         self.reach = reach
         self.obj = obj
         self.revalidate_after = revalidate_after
         self.remember_as = remember_as  # the mount path whose view a revalidation updates
-        self.on_changed = on_changed
+        self.stale = False
         self._archive: Archive | None = None
         self._broken: ZipmountError | None = None
         self._checked = time.monotonic() - age  # when the identity was last confirmed
@@ -74,7 +93,7 @@ class ArchiveSlot:
         return isinstance(self._broken, ObjectNotFound)
 
     def node(self) -> Node:
-        return Node("dir", 0, int(self.obj.mtime * 1e9), 0o555, nlink=2)
+        return Node("dir", 0, int(self.obj.mtime * 1e9), DIR_MODE, nlink=2)
 
     def replace(self, obj: ObjectInfo) -> None:
         """Switch to a new identity seen in a listing or a check (drops the old index)."""
@@ -83,17 +102,16 @@ class ArchiveSlot:
                 log.info("archive %s changed on the server (ETag %s -> %s)", obj.path,
                          self.obj.etag, obj.etag)
                 self.obj, self._archive, self._broken = obj, None, None
+                self.stale = False
                 self.reach.indexes.forget(self)
             elif self.deleted:  # deleted, now back
                 self._broken = None
             self._checked = time.monotonic()
 
-    def _expire(self) -> None:
-        """The server no longer has the version served: revalidate on the next access."""
-        if self.on_changed is not None:
-            self.on_changed()
-        else:
-            self._checked = float("-inf")
+    def expire(self) -> None:
+        """A read found the version served gone from the server: revalidate on the next access."""
+        self.stale = True
+        self._checked = float("-inf")
 
     def archive(self, strict: bool = False) -> Archive | None:
         """The open archive, or None if it is broken (``strict``: raise instead)."""
@@ -111,7 +129,7 @@ class ArchiveSlot:
                 archive = opened = self._open(strict)
         # Outside the slot's lock: the LRU may drop other slots' indexes.
         if opened is not None:
-            self.reach.indexes.loaded(self, len(opened.entries))
+            self.reach.indexes.loaded(self)
         elif archive is not None:
             self.reach.indexes.used_by(self)
         return archive
@@ -120,17 +138,24 @@ class ArchiveSlot:
         """Forget the loaded index (the LRU's call); open handles keep the one they have."""
         self._archive = None
 
+    def index_bytes(self) -> int:
+        """What the loaded archive holds in memory (the LRU's charge)."""
+        archive = self._archive
+        return archive.memory_bytes() if archive is not None else 0
+
     def _open(self, strict: bool) -> Archive | None:
         reach = self.reach
         try:
-            cached = CachedObject(reach.source, self.obj, reach.cache, self._expire)
-            self._archive = Archive.open(cached, reach.cache.disk)
+            cached = CachedObject(reach.source, self.obj, reach.cache)
+            self._archive = Archive.open(cached, reach.cache.disk, reach.decoding)
             self._broken = None
             reach.stats.add("archives_opened")
             log.info("opened archive %s (%d entries, ETag %s)", self.obj.path,
                      len(self._archive.entries), self.obj.etag)
             return self._archive
         except ZipmountError as exc:
+            if isinstance(exc, ObjectChanged):
+                self.expire()
             if strict:
                 raise
             if isinstance(exc, SourceError) and not isinstance(exc, ObjectNotFound):
@@ -219,12 +244,13 @@ class ArchiveTree:
         entry = self._entry(archive, self._name(inner))
         if entry is None:
             node = self.slot.node()
-            return Node("dir", 0, node.mtime_ns, 0o555, nlink=2 + archive.subdirs.get(self.root, 0))
+            return Node("dir", 0, node.mtime_ns, DIR_MODE,
+                        nlink=2 + archive.subdirs.get(self.root, 0))
         if entry.kind == "dir":
             return Node("dir", 0, entry.mtime_ns, entry.mode, nlink=2 + archive.subdirs[entry.name])
-        # The CRC in the sub-second part of mtime lets the kernel drop cached pages of a member
-        # whose content changed even when its size and DOS timestamp did not.
-        return Node(entry.kind, entry.size, entry.mtime_ns + entry.crc % 10**9, entry.mode,
+        # The mtime is exactly the entry's: a changed member is told apart by ``version``, which
+        # the front-ends use to drop the kernel's cached pages.
+        return Node(entry.kind, entry.size, entry.mtime_ns, entry.mode,
                     entry.method, nlink=entry.nlink, version=archive.member_version(entry))
 
     def listdir(self, path: str) -> list[tuple[str, str]]:
@@ -249,15 +275,23 @@ class ArchiveTree:
             raise IsADirectory(path)
         return archive, entry
 
-    def open(self, path: str) -> MemberReader:
+    def open(self, path: str) -> FileReader:
         archive, entry = self._file(path)
-        return archive.reader(entry)
+        try:
+            return WatchedReader(archive.reader(entry), self.slot)
+        except ObjectChanged:  # the local header read
+            self.slot.expire()
+            raise
 
     def readlink(self, path: str) -> str:
         archive, entry = self._file(path)
         if entry.kind != "link":
             raise NotASymlink(f"{path}: not a symlink")
-        return archive.readlink(entry)
+        try:
+            return archive.readlink(entry)
+        except ObjectChanged:
+            self.slot.expire()
+            raise
 
     def open_archives(self) -> int:
         return int(self.slot.is_open)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..archive import MemberReader
-
 DEFAULT_SUFFIXES = (".zip", ".rkns")
+# Directories the archive does not describe (archives and prefixes shown as directories): what a
+# directory made with the usual umask 022 has, so that copies out of the mount stay usable.
+DIR_MODE = 0o755
 
 
 @dataclass(frozen=True)
@@ -17,10 +18,23 @@ class Node:
     kind: str  # "dir", "file" or "link"
     size: int
     mtime_ns: int
-    mode: int
+    mode: int  # permission bits: the entry's as stored (see zipmount/archive/index.py)
     method: int | None = None  # zip compression method of a member
     nlink: int = 1  # directories: 2 + subdirectories
     version: str = ""  # files: which archive version and member the attributes describe
+
+
+class FileReader(Protocol):
+    """Reads of one open file (a member, or a plain object) at one version."""
+
+    @property
+    def version(self) -> str:
+        """Which version of the file this handle reads (for the kernel-cache policy)."""
+        ...
+
+    def read(self, offset: int, size: int) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
 class Tree(Protocol):
@@ -35,7 +49,7 @@ class Tree(Protocol):
     def listdir(self, path: str) -> list[tuple[str, str]]:
         """(name, kind) of each child of the directory ``path``, sorted by name."""
 
-    def open(self, path: str) -> MemberReader:
+    def open(self, path: str) -> FileReader:
         """A reader of the file at ``path``; close it when done."""
 
     def readlink(self, path: str) -> str:

@@ -37,8 +37,10 @@ def remembered_view(disk: DiskTier | None, location: str, path: str,
                     ttl: float) -> tuple[list[ObjectInfo], bool, float] | None:
     """What an earlier mount saw at ``path`` less than ``ttl`` seconds ago: its objects, whether
     it is one archive, and the age of that view."""
+    if disk is None or ttl <= 0:
+        return None
     name = _view_file(location, path)
-    raw = disk.read(name) if disk is not None and ttl > 0 else None
+    raw = disk.read(name)
     if raw is None:
         return None
     try:
