@@ -1,5 +1,5 @@
 """The three doors of one tree, behind one small interface the model drives: the ``Tree`` itself,
-the FUSE operations called directly (no mount), and the fsspec filesystem.
+the FUSE operations called directly (no mount, no libfuse), and the fsspec filesystem.
 
 Every door answers ``stat`` (kind, size), ``listdir`` (names), ``open``/``read``/``close``,
 and fails with an ``OSError`` carrying the errno a user of that door would get.
@@ -14,9 +14,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from fsspec.spec import AbstractFileSystem
+from support.fuseinfo import file_info
 
 from zipmount.errors import ZipmountError
 from zipmount.fsspec_fs import ZipmountFileSystem
+from zipmount.fuse.operations import ZipOperations
 from zipmount.stats import Stats
 from zipmount.tree import Tree
 
@@ -64,8 +66,6 @@ class OperationsDoor:
     name = "operations"
 
     def __init__(self, tree: Tree, stats: Stats, ttl: float) -> None:
-        from zipmount.fuseops import ZipOperations
-
         self.ops = ZipOperations(tree, stats, ttl=ttl)
 
     def stat(self, path: str) -> tuple[str, int]:
@@ -77,9 +77,7 @@ class OperationsDoor:
         return [name for name, _, _ in self.ops.readdir("/" + path, 0) if name not in (".", "..")]
 
     def open(self, path: str) -> Any:
-        from zipmount.fuseops import mfusepy
-
-        fi = mfusepy.fuse_file_info()  # flags 0: O_RDONLY
+        fi = file_info()  # flags 0: O_RDONLY
         self.ops.open("/" + path, fi)
         return "/" + path, fi
 
