@@ -24,6 +24,7 @@ import time
 import zipfile
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from model_doors import DOORS
@@ -51,6 +52,7 @@ TTL = 0.1
 # returned by then waits without a deadline.
 DEADLINE = 4 * TIMEOUT + 20.0
 SETTLE_WITHIN = 30.0  # seconds for a revalidation in the background to show the current version
+pytestmark = pytest.mark.model  # ~2 min: run by `make test`, not by the fast `make unit`
 EXAMPLES = int(os.environ.get("ZIPMOUNT_MODEL_EXAMPLES", "30"))
 
 PREFIX = "bkt/m/"
