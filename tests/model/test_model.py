@@ -7,7 +7,9 @@ Checked at every step: bytes equal to the version the reader pinned, never two v
 handle; only promised errors; every call returns within its deadline (``DEADLINE``); after the
 faults are lifted and the TTL has passed, every path shows the current version.
 
-``ZIPMOUNT_MODEL_EXAMPLES`` sets the sequences per door and tree (default 30); ``make fuzz`` runs more.
+``ZIPMOUNT_MODEL_EXAMPLES`` sets the sequences per door and tree (default 30), ``ZIPMOUNT_MODEL_STEPS``
+the most steps in one (default 20), ``ZIPMOUNT_MODEL_RANDOM=1`` new sequences on each run (default:
+the same ones), ``ZIPMOUNT_MODEL_SHRINK=1`` shrinks a failure; ``make fuzz`` runs many more.
 """
 
 from __future__ import annotations
@@ -321,7 +323,8 @@ class Model(RuleBasedStateMachine):
 
 
 def _settings() -> settings:
-    return settings(max_examples=EXAMPLES, stateful_step_count=20, deadline=None,
+    return settings(max_examples=EXAMPLES, deadline=None,
+                    stateful_step_count=int(os.environ.get("ZIPMOUNT_MODEL_STEPS", "20")),
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
                     derandomize=os.environ.get("ZIPMOUNT_MODEL_RANDOM") is None,
                     phases=[Phase.explicit, Phase.reuse, Phase.generate] +
