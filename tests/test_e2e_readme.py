@@ -1,9 +1,11 @@
 """Every code block of README.md runs as written, in the environment it names, against the S3 test
 server: only the endpoint, the CA file, the credentials file, the config file and the mountpoints
-are replaced by the test's own (bucket `eeg` holds a cohort like the README's)."""
+are replaced by the test's own (bucket `eeg` holds a cohort like the README's). The training-loop
+section's blocks (PyTorch) are run by tests/test_e2e_training.py; `make` blocks by `make`."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -20,7 +22,7 @@ from support.mount import cleanup, mounts_under
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
-BLOCKS = re.findall(r"```(sh|python)\n(.*?)```", README, re.S)
+BLOCKS = re.findall(r"```(sh|python)\n(.*?)```", README.split("### A training loop")[0], re.S)
 
 # A zarr v2 group as xarray writes it (dimension names included), zipped as an .rkns would be.
 _MAKE_GROUP = """
@@ -43,12 +45,14 @@ def _zip_dir(root: Path) -> bytes:
 
 @pytest.fixture(scope="module")
 def cohort(s3, zarr3_python, tmp_path_factory):
-    """s3://eeg/cohort-a/: night1.rkns, sub/night2.rkns, a broken zip and a text file."""
+    """s3://eeg/cohort-a/: night1.rkns, sub/night2.rkns, sub-01/sub-01_eeg.rkns, a broken zip
+    and a text file."""
     work = tmp_path_factory.mktemp("readme-data")
     subprocess.run([str(zarr3_python), "-c", _MAKE_GROUP, str(work / "g")], check=True)
     data = _zip_dir(work / "g")
     s3.create_bucket("eeg")
     for key, body in {"cohort-a/night1.rkns": data, "cohort-a/sub/night2.rkns": data,
+                      "cohort-a/sub-01/sub-01_eeg.rkns": data,
                       "cohort-a/broken.zip": not_a_zip(5), "cohort-a/notes.txt": b"notes\n"}.items():
         s3.put_bytes("eeg", key, body)
     return s3
@@ -109,9 +113,12 @@ def test_the_use_block_runs_as_written(zm, cohort, place, tmp_path):
         assert "Traceback" not in r.stderr, said
         if command.startswith("zipmount prefetch"):
             assert r.returncode == 1 and "broken.zip: the archive shows no files" in r.stderr, said
-            assert re.search(r"prefetched \d+ files, .*\(2 archives\)", r.stdout), said
+            assert re.search(r"prefetched \d+ files, .*\(3 archives\)", r.stdout), said
         else:
             assert r.returncode == 0, said
+        if command.startswith("sha256sum"):
+            assert r.stdout.startswith(hashlib.sha256(cohort.get_bytes(
+                "eeg", "cohort-a/sub-01/sub-01_eeg.rkns")).hexdigest()), said
         if command.startswith("python -c"):
             assert "signal (4, 5000) float32" in r.stdout, said
     assert mounts_under(tmp_path) == [], "the block's umount lines left a mount"
