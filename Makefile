@@ -20,6 +20,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip
 	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[test]'
+	# torch's CPU build, for the README's training loop (tests/test_e2e_training.py, bench/loader.py):
+	# pinned, because an unpinned torch resolves to a CUDA build of several GB
+	$(VENV)/bin/pip install $(PIP_FLAGS) 'torch==2.13.0'
 	touch $@
 
 # zarr-python 3 cannot share an environment with zarr-python 2: its client checks run here.
