@@ -149,3 +149,14 @@ def test_an_interrupted_prefetch_goes_on_where_it_stopped(zm, s3, state_home):
 
         r = zm.run("prefetch", mp, timeout=120)
         assert "(8 archives)" in r.stdout, r.stdout
+
+
+def test_a_mount_whose_daemon_is_gone_is_named_with_the_way_out(zm, state_home):
+    with zm.mounted("s3://data/rec/") as h:
+        h.proc.kill()
+        h.proc.wait(timeout=10)
+        r = zm.run("prefetch", h.mountpoint / "a.rkns")
+        assert_one_line_error(r, rf"the daemon of {re.escape(str(h.mountpoint))} is gone; clean "
+                                 rf"it with `zipmount umount {re.escape(str(h.mountpoint))}`")
+        assert not journal_path([str(h.mountpoint / "a.rkns")], False).exists()
+        assert zm.run("umount", h.mountpoint).rc == 0
