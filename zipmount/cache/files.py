@@ -380,7 +380,8 @@ class FileStore:
 
     def close(self) -> None:
         if self._pending != [0, 0]:
-            self._add(0)  # one more try to record what was pending
+            with self._ledger():  # one more try to record what was pending
+                pass
         os.close(self._ledger_fd)
         os.close(self._scan_fd)
 
