@@ -476,6 +476,8 @@ def test_ls_find_glob_info_and_walk_answer_in_the_form_they_were_asked(zmfs, sam
         assert walked == {lead + k for k in below}, lead
         assert fs.cat(lead + name) == files[name]
     assert {d["name"] for d in fs.ls("/")} == {f"/{c}" for c in samples.rkns_a.children("")}
+    assert set(fs.find("/")) == {f"/{k}" for k in files}
+    assert fs.info("/")["type"] == "directory" and fs.exists("/signals")
 
 
 def _zarr_v2_members(files: dict[str, bytes]) -> list[str]:
