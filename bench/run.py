@@ -3,8 +3,9 @@
     .venv/bin/python -m bench.run [--quick] [--delay-ms 20]
 
 Generates the data once (``.bench/data/<full|quick>``), serves it with nginx on
-127.0.0.1 (directly, and through ``bench.delay_proxy`` adding ``--delay-ms`` per
-request), runs every step for every contender at 0 ms and at +delay, counts the
+127.0.0.1 (directly; through ``bench.delay_proxy`` adding ``--delay-ms`` per request; and
+through one that also caps each connection at ``--s3-like-mbps``), runs every step for every
+contender at each of these endpoints, counts the
 requests and bytes in nginx's access log, and writes
 ``.bench/results-<date>.md`` / ``.json`` (plus ``-requests.jsonl`` with every
 request zipmount and the seed recipe made). All servers and mounts are stopped at
@@ -35,6 +36,11 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help="small data set, for a smoke test")
     ap.add_argument("--delay-ms", type=float, default=20.0,
                     help="delay per request added by the proxy (default 20; 0 = no proxy run)")
+    ap.add_argument("--s3-like-mbps", type=float, default=100.0,
+                    help="a third endpoint: +delay and this many MB/s per connection, as S3 "
+                    "serves one (default 100; 0 = none)")
+    ap.add_argument("--cohort-procs", default="1,4,8",
+                    help="sampler / DataLoader worker counts of the cohort step (default 1,4,8)")
     ap.add_argument("--connect-delay-ms", type=float, default=0.0,
                     help="extra delay per new TCP connection through the proxy (default 0)")
     ap.add_argument("--contenders", default=",".join(ALL_CONTENDERS),
@@ -70,6 +76,7 @@ def parse_args(argv=None):
         unknown = set(given) - set(known)
         if unknown:
             ap.error(f"unknown {what}(s): {', '.join(sorted(unknown))}")
+    a.cohort_procs = [int(n) for n in a.cohort_procs.split(",") if n.strip()]
     if a.cohort_seconds is None:
         a.cohort_seconds = 2.0 if a.quick else 8.0
     if a.windows is None:

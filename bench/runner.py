@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.cohort import LIST_LOCATION
-from bench.common import MB, MIB, REPO, log
+from bench.common import MB, MIB, REPO, Endpoint, log
 from bench.contenders import ZipmountContender, ZipmountHelp, rmtree_unmounted
 from bench.datagen import FULL, QUICK, ensure_data
 from bench.inproc import ChildResult
@@ -156,6 +156,7 @@ class Runner:
         rec = {
             "rep": self.rep,
             "delay_ms": delay,
+            "rate_mbps": getattr(delay, "rate_mbps", 0.0),
             "contender": c.name,
             "step": step,
             "time_s": elapsed,
@@ -273,13 +274,15 @@ class Runner:
                            extra_locations=LIST_LOCATION)
         self.nginx.start()
         log(f"nginx on {self.nginx.url} serving {self.manifest['root']}")
-        endpoints = {0: self.nginx.url}
+        endpoints = {Endpoint(0): self.nginx.url}
         if args.delay_ms:
-            px = DelayProxy(self.reaper, self.nginx.port, args.delay_ms, self.work,
-                            connect_delay_ms=args.connect_delay_ms)
-            px.start()
-            endpoints[args.delay_ms] = px.url
-            log(f"delay proxy (+{args.delay_ms:g} ms/request) on {px.url}")
+            for rate in (0.0, args.s3_like_mbps) if args.s3_like_mbps else (0.0,):
+                px = DelayProxy(self.reaper, self.nginx.port, args.delay_ms, self.work,
+                                connect_delay_ms=args.connect_delay_ms, rate_mbps=rate)
+                px.start()
+                endpoint = Endpoint(args.delay_ms, rate)
+                endpoints[endpoint] = px.url
+                log(f"delay proxy, {endpoint.label}, on {px.url}")
         self.endpoints = endpoints
 
         exe = args.zipmount
