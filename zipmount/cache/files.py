@@ -67,6 +67,7 @@ SCAN_WAIT = 30.0  # the longest prune/clear wait for another process's scan to e
 BUSY_BACKOFF = 10.0  # after a lock was found stuck, attempts this long do not wait
 _TMP = ".tmp."
 _AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+_renameat2: Any
 try:
     _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
     _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
