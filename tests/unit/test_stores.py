@@ -165,8 +165,9 @@ def test_a_tree_over_a_memory_store_serves_what_zipfile_reads_from_the_same_byte
         for name, data in FILES.items():
             assert single.stat(name).size == len(data) and _read(single, name) == data
         prefix = engine.tree_for(store, "bkt/rec/")
-        assert prefix.listdir("/") == [("a.zip", "dir")]
+        assert prefix.listdir("/") == [("a.zip", "dir"), ("notes.txt", "file")]
         assert _read(prefix, "a.zip/d/e/c.txt") == b"c"
+        assert _read(prefix, "notes.txt") == b"not an archive"
     finally:
         engine.close()
 
