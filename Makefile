@@ -9,7 +9,7 @@ PIP_FLAGS := --quiet --disable-pip-version-check
 
 PYTEST := $(VENV)/bin/python -m pytest
 
-.PHONY: all system-deps venv test lint demo bench fuzz clean
+.PHONY: all system-deps venv test lint demo bench fuzz cli-docs clean
 
 all: test
 
@@ -20,6 +20,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip
 	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[test]'
+	# torch's CPU build, for the README's training loop (tests/test_e2e_training.py, bench/loader.py):
+	# pinned, because an unpinned torch resolves to a CUDA build of several GB
+	$(VENV)/bin/pip install $(PIP_FLAGS) 'torch==2.13.0'
 	touch $@
 
 # zarr-python 3 cannot share an environment with zarr-python 2: its client checks run here.
@@ -53,6 +56,10 @@ bench: venv
 
 fuzz: $(VENV)/.installed
 	ZIPMOUNT_FUZZ_EXAMPLES=20000 $(VENV)/bin/python -m pytest tests/test_fuzz.py
+
+# The man page and bash/zsh completions, generated from the argument parser, into build/.
+cli-docs: $(VENV)/.installed
+	$(VENV)/bin/python scripts/cli_docs.py build
 
 clean:
 	rm -rf $(VENV) $(ZARR3_VENV) .bench .demo build *.egg-info

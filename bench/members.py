@@ -1,6 +1,6 @@
 """Compressed-member reads through a real mount: sequential speed and random-read cost.
 
-    .venv/bin/python -m bench.members
+    .venv/bin/python -m bench.members [--case cat|first-pass|loader ...]
 
 Builds (once, under ``.bench/members/``) a zip with a 2 GiB deflated member of zeros (~2 MB
 compressed) and one with a 300 MB deflated member of word-salad text, mounts each from its local
@@ -11,17 +11,30 @@ and prints:
 - one sequential pass (``cat``) of the 300 MB member, on a fresh mount;
 - 100 random 4 KiB ``pread`` of it on another fresh mount (cold: no checkpoints yet), then 100 more
   with O_DIRECT (past the page cache) on the same mount, each as a ratio to the sequential pass
-  (target <= 10x).
+  (target <= 10x);
+- random reads after the first pass (issue 18): 100 random 4 KiB O_DIRECT reads of the 300 MB
+  deflated member, then the same 100 again, against the same from the same bytes *stored* in a
+  zip, each on a fresh mount with a fresh disk cache (target: deflated <= 2x stored), and 100
+  reads at new offsets;
+- the loader case: the 300 MB member (a stand-in for a big ``.so``) mapped and its pages touched
+  in the order a dynamic loader and the code it runs touch them (headers, the section table at
+  the end, the symbol/relocation tables walked in order, the data segment, then 5 % of the code
+  pages at random), from a fresh mount with a fresh disk cache vs from an extracted copy on local
+  disk, page cache dropped (``posix_fadvise(DONTNEED)`` of the files involved) both times; then
+  again on the same mount (page cache as the kernel kept it, and dropped) vs local warm; the
+  daemon's peak RSS against ``--memory``.
 
-Every mount is unmounted at the end, also on error or Ctrl-C. Takes well under 2 minutes.
+Every mount is unmounted at the end, also on error or Ctrl-C. Takes a few minutes.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import mmap
 import os
 import random
+import shutil
 import struct
 import subprocess
 import sys
@@ -42,7 +55,9 @@ TEXT_SIZE = 300 * 10**6
 
 
 def _zip_one(path: Path, name: str, chunks: Iterator[bytes], level: int) -> None:
-    """A zip archive holding one deflated member, written as the chunks come (never in memory)."""
+    """A zip archive holding one member, deflated at ``level`` (0: stored), written as the
+    chunks come (never in memory)."""
+    method = 8 if level else 0
     comp = zlib.compressobj(level, zlib.DEFLATED, -15)
     tmp = path.with_suffix(".tmp")
     raw_name = name.encode()
@@ -52,17 +67,17 @@ def _zip_one(path: Path, name: str, chunks: Iterator[bytes], level: int) -> None
         for chunk in chunks:
             crc = zlib.crc32(chunk, crc)
             size += len(chunk)
-            data = comp.compress(chunk)
+            data = comp.compress(chunk) if method else chunk
             csize += len(data)
             f.write(data)
-        data = comp.flush()
+        data = comp.flush() if method else b""
         csize += len(data)
         f.write(data)
         # Both members are under 4 GiB: the 32-bit size fields hold them, no zip64 records.
-        fields = (20, 0, 8, 0, 0x5A21, crc, csize, size, len(raw_name), 0)
+        fields = (20, 0, method, 0, 0x5A21, crc, csize, size, len(raw_name), 0)
         header = b"PK\x03\x04" + struct.pack("<5HIIIHH", *fields)
         cd_offset = f.tell()
-        central = (b"PK\x01\x02" + struct.pack("<BBHHHHHIIIHHHHHII", 20, 3, 20, 0, 8, 0, 0x5A21, crc,
+        central = (b"PK\x01\x02" + struct.pack("<BBHHHHHIIIHHHHHII", 20, 3, 20, 0, method, 0, 0x5A21, crc,
                                          csize, size, len(raw_name), 0, 0, 0, 0, 0o100644 << 16, 0)
                    + raw_name)
         f.write(central)
@@ -89,24 +104,35 @@ def _text() -> Iterator[bytes]:
         yield chunk
 
 
-def ensure_archives() -> tuple[Path, Path]:
+def ensure_archives() -> tuple[Path, Path, Path, Path]:
+    """The zeros and text archives, the text stored, and the text extracted (a local copy)."""
     WORK.mkdir(parents=True, exist_ok=True)
     zeros, text = WORK / "zeros2g.zip", WORK / "text300m.zip"
-    for path, name, chunks, level in ((zeros, "zeros.bin", _zeros, 9), (text, "text.txt", _text, 6)):
+    stored, local = WORK / "text300m-stored.zip", WORK / "extracted" / "text.txt"
+    for path, name, chunks, level in ((zeros, "zeros.bin", _zeros, 9), (text, "text.txt", _text, 6),
+                                      (stored, "text.txt", _text, 0)):
         if not path.exists():
             t0 = time.monotonic()
             _zip_one(path, name, chunks(), level)
             print(f"built {path.name} ({path.stat().st_size / 1e6:.1f} MB) in "
                   f"{time.monotonic() - t0:.1f}s")
-    return zeros, text
+    if not local.exists():
+        local.parent.mkdir(exist_ok=True)
+        with open(local.with_suffix(".tmp"), "wb") as f:
+            for chunk in _text():
+                f.write(chunk)
+        local.with_suffix(".tmp").rename(local)
+    return zeros, text, stored, local
 
 
 @contextlib.contextmanager
-def mount(archive: Path) -> Iterator[tuple[Path, int]]:
-    """``zipmount mount ARCHIVE MP -f --no-disk-cache``; yields (mountpoint, daemon pid)."""
+def mount(archive: Path, *opts: str) -> Iterator[tuple[Path, int]]:
+    """``zipmount mount ARCHIVE MP -f OPTS`` (default ``--no-disk-cache``); yields (mountpoint,
+    daemon pid)."""
     mp = Path(tempfile.mkdtemp(prefix="mp-", dir=WORK))
     log = open(WORK / "daemon.log", "ab")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([str(ZIPMOUNT), "mount", str(archive), str(mp), "-f", "--no-disk-cache"],
+    proc = subprocess.Popen([str(ZIPMOUNT), "mount", str(archive), str(mp), "-f",
+                             *(opts or ("--no-disk-cache",))],
                             stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 30
@@ -162,8 +188,105 @@ def random_reads(path: Path, seed: int, direct: bool, n: int = 100, size: int = 
         buf.close()
 
 
+@contextlib.contextmanager
+def fresh_cache() -> Iterator[list[str]]:
+    """Mount options for a disk cache of its own, deleted afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="cache-", dir=WORK))
+    try:
+        yield ["--cache-dir", str(path)]
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def drop_page_cache(*paths: Path) -> None:
+    """Drop the kernel's cached pages of these files (only theirs: the machine is shared)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+PAGE = 4096
+
+
+def loader_pages(size: int, seed: int = 7) -> list[int]:
+    """Page offsets in the order a dynamic loader and the code it runs touch a shared library:
+    the ELF and program headers, the section headers at the end, the dynamic symbol, string and
+    relocation tables walked in order (the first tenth), the data segment relocations write
+    (the last twentieth), then code pages as functions are called: 5 % of them, at random."""
+    pages = size // PAGE
+    text_from, data_from = pages // 10, pages - pages // 20
+    order = [0, 1, *range(pages - 16, pages), *range(2, text_from), *range(data_from, pages - 16)]
+    rng = random.Random(seed)
+    order += [rng.randrange(text_from, data_from) for _ in range(pages // 20)]
+    return [p * PAGE for p in order]
+
+
+def touch_pages(path: Path, pages: list[int]) -> float:
+    """Map ``path`` and read one byte of each page, in order: what page faults cost."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as view:
+        t0 = time.monotonic()
+        total = 0
+        for offset in pages:
+            total += view[offset]
+        return time.monotonic() - t0
+
+
+def after_the_first_pass() -> None:
+    """100 random 4 KiB reads of the deflated member after a first pass, vs the stored one."""
+    _, text, stored, _ = ensure_archives()
+    took: dict[str, tuple[float, float, float]] = {}
+    for kind, archive in (("stored", stored), ("deflated", text)):
+        with fresh_cache() as cache, mount(archive, *cache) as (mp, pid):
+            first = random_reads(mp / "text.txt", 1, direct=True)
+            again = random_reads(mp / "text.txt", 1, direct=True)
+            new = random_reads(mp / "text.txt", 2, direct=True)
+            took[kind] = first, again, new
+            print(f"100 random 4 KiB O_DIRECT reads, {kind} 300 MB member, fresh mount and cache: "
+                  f"first pass {first:.2f}s, the same again {again * 10:.2f} ms per read, "
+                  f"100 new offsets {new * 10:.2f} ms per read; peak RSS {peak_rss_mib(pid):.0f} MiB")
+    (s1, s2, s3), (d1, d2, d3) = took["stored"], took["deflated"]
+    print(f"after the first pass: deflated / stored = {d2 / s2:.2f}x (target <= 2x); first pass "
+          f"{d1 / s1:.2f}x; new offsets {d3 / s3:.2f}x")
+
+
+def loader() -> None:
+    """The loader case: a big deflated member mapped and touched in loader order, vs local."""
+    _, text, _, local = ensure_archives()
+    pages = loader_pages(TEXT_SIZE)
+    drop_page_cache(local)
+    local_cold = touch_pages(local, pages)
+    local_warm = touch_pages(local, pages)
+    print(f"loader order, {len(pages)} page touches of a 300 MB file: local copy {local_cold:.2f}s "
+          f"cold, {local_warm:.3f}s warm")
+    with fresh_cache() as cache, mount(text, *cache) as (mp, pid):
+        drop_page_cache(text)
+        cold = touch_pages(mp / "text.txt", pages)
+        warm = touch_pages(mp / "text.txt", pages)
+        drop_page_cache(mp / "text.txt")
+        daemon_warm = touch_pages(mp / "text.txt", pages)
+        rss = peak_rss_mib(pid)
+    print(f"from the mount (deflated member, fresh cache, page cache dropped): {cold:.2f}s = "
+          f"{cold / local_cold:.2f}x local cold (target <= 1.25x); again on the same mount "
+          f"{warm:.3f}s = {warm / local_warm:.2f}x local warm (target <= 1.1x); again with the "
+          f"page cache dropped {daemon_warm:.2f}s = {daemon_warm / local_cold:.2f}x local cold; "
+          f"daemon peak RSS {rss:.0f} MiB (--memory 256 MiB; target <= +100 MiB)")
+
+
 def main() -> None:
-    zeros, text = ensure_archives()
+    cases = {"cat": cat_and_checkpoints, "first-pass": after_the_first_pass, "loader": loader}
+    parser = argparse.ArgumentParser(prog="python -m bench.members")
+    parser.add_argument("--case", choices=sorted(cases), action="append",
+                        help="run only this case (repeatable; default: all)")
+    for name in parser.parse_args().case or list(cases):
+        cases[name]()
+
+
+def cat_and_checkpoints() -> None:
+    """``cat`` of the 2 GiB and 300 MB members, random reads on a fresh mount."""
+    zeros, text, _, _ = ensure_archives()
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     with mount(zeros) as (mp, pid):
         cpu = cpu_seconds(pid)

@@ -1,11 +1,12 @@
 """``make demo``: an embedded S3 server (moto, HTTPS with a private CA) holding sample archives,
 mounted with zipmount; prints the tree, reads arrays through zarr on the mount, shows the numbers,
-then unmounts and stops the server."""
+then unmounts, stops the server, removes its temporary folder and says what to try next."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,22 +29,39 @@ def step(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def show_tree(root: Path, limit: int = 16) -> None:
-    shown = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        depth = len(Path(dirpath).relative_to(root).parts)
-        if depth > 2:
-            continue
-        rel = Path(dirpath).relative_to(root)
-        print(f"  {'  ' * depth}{rel.name or root}/")
-        for name in sorted(filenames)[:4]:
-            size = os.stat(Path(dirpath, name)).st_size
-            print(f"  {'  ' * (depth + 1)}{name}  ({size} bytes)")
-        shown += 1
-        if shown >= limit:
-            print("  ...")
-            return
+def show_tree(root: Path, max_depth: int = 4, per_dir: int = 3) -> None:
+    """The tree under ``root``, every level down to ``max_depth``, ``per_dir`` entries a
+    directory (then how many more)."""
+
+    def walk(path: Path, depth: int) -> None:
+        entries = sorted(path.iterdir(), key=lambda p: (not p.is_dir(), p.name))
+        for entry in entries[:per_dir]:
+            indent = "  " * (depth + 1)
+            if entry.is_dir() and depth + 1 < max_depth:
+                print(f"  {indent}{entry.name}/")
+                walk(entry, depth + 1)
+            elif entry.is_dir():
+                count = len(os.listdir(entry))
+                print(f"  {indent}{entry.name}/  ({count} entr{'y' if count == 1 else 'ies'})")
+            else:
+                print(f"  {indent}{entry.name}  ({entry.stat().st_size:,} bytes)")
+        if len(entries) > per_dir:
+            print(f"  {'  ' * (depth + 1)}... {len(entries) - per_dir} more")
+
+    print(f"  {root}/")
+    walk(root, 0)
+
+
+WHAT_NEXT = """\
+  Mount your own bucket (credentials: AWS_* variables, --profile, or --env-file with
+  STORAGE_ACCESS_KEY / STORAGE_SECRET_KEY / ENDPOINT_FULL):
+    .venv/bin/zipmount mount s3://BUCKET/PREFIX/ /mnt/data --endpoint-url https://HOST:PORT
+    .venv/bin/zipmount ls s3://BUCKET/PREFIX/           # list without mounting
+    .venv/bin/zipmount stats /mnt/data; .venv/bin/zipmount logs /mnt/data
+    .venv/bin/zipmount umount /mnt/data
+  Or in process, without FUSE (fsspec):
+    zarr.open_group(fsspec.get_mapper("zipmount::s3://BUCKET/KEY.rkns", s3={...}), mode="r")
+  All options: .venv/bin/zipmount mount --help; README.md for the rest."""
 
 
 def main() -> int:
@@ -72,10 +90,12 @@ def main() -> int:
                      "--cache-dir", str(work / "cache"), "--log-file", str(work / "zipmount.log")]
         step("zipmount mount s3://lab/recordings/ " + str(mountpoint))
         t0 = time.monotonic()
-        subprocess.run(mount_cmd, env=env, check=True)
+        out = subprocess.run(mount_cmd, env=env, check=True, capture_output=True, text=True)
         print(f"  mounted in {time.monotonic() - t0:.2f} s (background daemon)")
+        print("\n".join(f"  {line}" for line in out.stdout.splitlines()))
         try:
-            step("the tree (archives appear as directories; README.txt is hidden)")
+            step("the tree (archives appear as directories, their members inside; README.txt "
+                 "is hidden)")
             show_tree(mountpoint)
 
             step("zarr-python 2 DirectoryStore on the mount")
@@ -105,8 +125,17 @@ def main() -> int:
             step("zipmount umount")
             subprocess.run([ZIPMOUNT, "umount", str(mountpoint)], check=False)
             print(f"  mounted now: {os.path.ismount(mountpoint)}")
-    step("server stopped; done" if ok else "MISMATCH")
-    return 0 if ok else 1
+    if os.path.ismount(mountpoint):
+        print(f"\n  {work} is kept: {mountpoint} is still mounted")
+    else:
+        shutil.rmtree(work)
+        print(f"\n  server stopped; removed the demo's temporary folder {work}")
+    if not ok:
+        step("MISMATCH: the bytes read through the mount differ from the source")
+        return 1
+    step("what next")
+    print(WHAT_NEXT)
+    return 0
 
 
 if __name__ == "__main__":

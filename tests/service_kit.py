@@ -98,7 +98,10 @@ def clean_env(**extra: str) -> dict[str, str]:
            and k not in ("ENDPOINT_FULL", "NOTIFY_SOCKET", "JOURNAL_STREAM")}
     nothing = "/nonexistent/zipmount-test-aws-file"
     env.update(AWS_CONFIG_FILE=nothing, AWS_SHARED_CREDENTIALS_FILE=nothing,
-               AWS_EC2_METADATA_DISABLED="true", PYTHONUNBUFFERED="1")
+               AWS_EC2_METADATA_DISABLED="true", PYTHONUNBUFFERED="1",
+               # background daemons without a log file log below it, not in /var/log
+               XDG_STATE_HOME=os.path.join(tempfile.gettempdir(),
+                                           f"zipmount-test-state-{os.getuid()}"))
     env.update(extra)
     return env
 

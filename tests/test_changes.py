@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from robust.harness import guarded, read_direct, read_file, stack, wait_for
+from robust.harness import BUCKET, guarded, read_direct, read_file, stack, wait_for
 from robust.zips import plain_zip, random_files
 
 TTL = 2.0
@@ -146,8 +146,9 @@ def test_uncached_read_after_replace_is_estale_then_revalidates(st):
 
 def test_remount_within_ttl_needs_no_request_and_recovers_from_a_change(st):
     """A remount with the same cache dir within the TTL of the last check trusts the remembered
-    identity and persisted index: no request at all. If the object changed meanwhile, the
-    first read that needs the server gets ESTALE and the mount switches to the new version."""
+    identity and persisted index: one HEAD only (the mount's live check of the endpoint). If
+    the object changed meanwhile, the first read that needs the server gets ESTALE and the
+    mount switches to the new version."""
     v1, v2 = _versions("remount", 2)
     key = "changes/remount.zip"
     st.put(key, plain_zip(v1))
@@ -160,7 +161,9 @@ def test_remount_within_ttl_needs_no_request_and_recovers_from_a_change(st):
         mp = h.mountpoint
         assert sorted(os.listdir(mp)) == sorted(v1)
         assert read_file(mp / "f000.bin") == v1["f000.bin"]
-        assert st.proxy.log() == [], "a remount within the TTL made requests"
+        assert [(r.method, r.path) for r in st.proxy.log()] == [
+            ("HEAD", f"/{BUCKET}/{key}")], "a remount within the TTL made requests beyond " \
+            "its live check"
         st.put(key, plain_zip(v2))
         # f003.bin sits in the middle of the archive: neither the first mount's reads (f000 and
         # what was fetched ahead of it) nor the tail read for the index cached its blocks.
@@ -183,9 +186,9 @@ def test_remount_within_ttl_needs_no_request_and_recovers_from_a_change(st):
 
 
 def test_prefix_remount_within_ttl_needs_no_listing(st):
-    """A prefix mount remembers its listing too: a remount within the TTL lists and reads what
-    it read before without any request; a new archive shows once the listing is older than
-    the TTL."""
+    """A prefix mount remembers its listing too: a remount within the TTL (``--offline``: not
+    even the live check) lists and reads what it read before without any request; a new
+    archive shows once the listing is older than the TTL."""
     (v1,) = _versions("premount", 1)
     st.put("changes/premount/a.zip", plain_zip(v1))
     st.put("changes/premount/sub/b.zip", plain_zip(v1))
@@ -201,7 +204,7 @@ def test_prefix_remount_within_ttl_needs_no_listing(st):
     with _mount(st, "changes/premount/", "--ttl", "600", *opts) as h:
         walk(h.mountpoint)
     st.proxy.clear()
-    with _mount(st, "changes/premount/", "--ttl", "600", *opts) as h:
+    with _mount(st, "changes/premount/", "--ttl", "600", "--offline", *opts) as h:
         walk(h.mountpoint)
         assert st.proxy.log() == [], "a remount within the TTL made requests"
     st.put("changes/premount/c.zip", plain_zip(v1))

@@ -45,6 +45,7 @@ LINKS = {"link": "readme.txt", "sub/up": "../run.sh", "dangling": "nowhere"}
 SPECIAL = {"setuid.sh": (0o4755, 0o755), "setgid.sh": (0o2750, 0o750), "sticky": (0o1777, 0o1777)}
 NTFS_NS = 1_700_000_021_722_000_000  # ...21.722 s, 100 ns resolution
 NTFS_CONTENT = b"an NTFS-timestamped member (0)\n"
+NOTES = b"not an archive\n"
 
 
 def _as_user(uid: int, *cmd: str | os.PathLike) -> subprocess.CompletedProcess:
@@ -137,6 +138,7 @@ def made(s3, public: Path) -> dict[str, Path]:
         (public / name).write_bytes(data)
         (public / name).chmod(0o644)
         s3.put_bytes(BUCKET, f"modes/{name}", data)
+    s3.put_bytes(BUCKET, "modes/notes.txt", NOTES)  # a plain object beside the archives
     return {"src": src, "special": special, "tree.zip": public / "tree.zip"}
 
 
@@ -224,6 +226,14 @@ def test_a_dos_made_archive_shows_files_0644_and_directories_0755(shared):
     assert got == want
     # the mount's own directories (prefix root, archives) too
     assert stat.S_IMODE(os.stat(shared).st_mode) == 0o755
+
+
+def test_plain_objects_of_the_prefix_and_its_raw_view_are_0644(shared, s3opts, tmp_path):
+    for rel in ("notes.txt", ".raw/notes.txt", ".raw/tree.zip"):
+        assert stat.S_IMODE(os.stat(shared / rel).st_mode) == 0o644, rel
+    r = _as_user(OTHER, "cat", shared / "notes.txt")
+    assert (r.returncode, r.stdout.encode()) == (0, NOTES), r.stderr
+    assert _in_process(s3opts, "", tmp_path).info("notes.txt")["mode"] == 0o644
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])

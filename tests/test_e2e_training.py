@@ -8,11 +8,8 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pytest
 import zarr
-
-torch = pytest.importorskip("torch", reason="torch is optional (the bench and this example)")
-from torch.utils.data import DataLoader  # noqa: E402
+from torch.utils.data import DataLoader  # `make test` installs torch's CPU build into .venv
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 ARRAY = "signals/eeg/data"  # (channels, samples) in the test archives: time is the last axis

@@ -6,6 +6,7 @@ import dataclasses
 import errno
 import io
 import json
+import os
 import pickle
 import sys
 import threading
@@ -23,6 +24,7 @@ from support.mount import run
 from zipmount.cache import MAX_REQUEST
 from zipmount.fsspec_fs import ZipmountFileSystem
 
+KEYS = {"rkns_a": "rec/a.rkns", "rkns_b": "rec/sub/b.rkns"}
 CHECK_ZARR3 = Path(__file__).resolve().parent / "zarr3" / "check_fsspec_zarr3.py"
 
 
@@ -451,3 +453,186 @@ def test_a_filesystem_inherited_by_a_forked_child_reads_there(zmfs, samples):
         if child.is_alive():
             child.kill()
     assert got == {n: samples.stored.files[n] for n in names[1:]}
+
+
+# -- paths in the caller's form, zarr-python 3 listings ------------------------------------------------
+
+def test_ls_find_glob_info_and_walk_answer_in_the_form_they_were_asked(zmfs, samples):
+    """As fsspec's own filesystems do: asked ``/signals``, answer ``/signals/...``."""
+    fs = zmfs("s3://data/rec/a.rkns")
+    files = samples.rkns_a.files
+    top = "signals"
+    below = {k for k in files if k.startswith(f"{top}/")}
+    children = samples.rkns_a.children(top)
+    name = sorted(below)[0]
+    for lead in ("", "/"):
+        asked = f"{lead}{top}"
+        assert set(fs.ls(asked, detail=False)) == {f"{asked}/{c}" for c in children}, lead
+        assert {d["name"] for d in fs.ls(asked)} == {f"{asked}/{c}" for c in children}, lead
+        assert set(fs.find(asked)) == {lead + k for k in below}, lead
+        assert set(fs.glob(f"{asked}/*")) == {f"{asked}/{c}" for c in children}, lead
+        assert fs.info(lead + name)["name"] == lead + name
+        walked = {f"{root}/{f}" for root, _, fnames in fs.walk(asked) for f in fnames}
+        assert walked == {lead + k for k in below}, lead
+        assert fs.cat(lead + name) == files[name]
+    assert {d["name"] for d in fs.ls("/")} == {f"/{c}" for c in samples.rkns_a.children("")}
+
+
+def _zarr_v2_members(files: dict[str, bytes]) -> list[str]:
+    """The members below the root of a zarr v2 hierarchy stored as ``files`` (groups end in /)."""
+    return sorted([k[: -len("/.zgroup")] + "/" for k in files if k.endswith("/.zgroup")]
+                  + [k[: -len("/.zarray")] for k in files if k.endswith("/.zarray")])
+
+
+@pytest.mark.parametrize("which", ["rkns_a", "rkns_b"])  # consolidated metadata, and none
+def test_zarr3_lists_every_member_at_every_depth_of_an_rkns_group(zarr3_python, s3opts, samples,
+                                                                 tmp_path, which):
+    expected = _zarr_v2_members(getattr(samples, which).files)
+    assert any(m.count("/") >= 2 for m in expected)  # members below the first level exist
+    options = tmp_path / "options.json"
+    options.write_text(json.dumps({"s3": s3opts, "zipmount": {"cache_dir": str(tmp_path / "c")}}))
+    r = run([zarr3_python, CHECK_ZARR3.parent / "check_members_zarr3.py",
+             f"zipmount::s3://data/{KEYS[which]}", options], timeout=180)
+    assert r.rc == 0, r.describe()
+    got = json.loads(r.stdout)
+    assert got["from_url"] == expected
+    assert got["open_group"] == expected
+
+
+# -- versions: listings caches, pickles, fork ----------------------------------------------------------
+
+def _until_new_version(read, want: bytes, seconds: float = 20.0) -> None:
+    """Read until ``want`` shows; ESTALE meanwhile is allowed, any other answer fails."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            got = read()
+        except OSError as exc:
+            assert exc.errno == errno.ESTALE, exc
+            got = None
+        if got is not None:
+            assert got == want
+            return
+        assert time.monotonic() < deadline, "the new version never showed"
+        time.sleep(0.3)
+
+
+def test_the_fo_recipe_sees_a_replacement_through_the_callers_listings_cache(s3, s3opts, odd,
+                                                                             tmp_path):
+    old, old_files = _stored_zip(11)
+    new, new_files = _stored_zip(12)
+    s3.put_bytes(odd, "recipe.zip", old)
+    s3fs_ = fsspec.filesystem("s3", skip_instance_cache=True, **s3opts)
+    assert f"{odd}/recipe.zip" in s3fs_.ls(odd, detail=False)  # fills its listings cache
+    with s3fs_.open(f"{odd}/recipe.zip", "rb") as f:
+        fs = ZipmountFileSystem(fo=f, ttl=1, cache_dir=str(tmp_path))
+    assert fs.cat_file("a.bin", 0, 100) == old_files["a.bin"][:100]
+    s3.put_bytes(odd, "recipe.zip", new)
+    _until_new_version(lambda: fs.cat_file("b.bin"), new_files["b.bin"])
+
+
+@pytest.mark.parametrize(("url", "inside"), [("pinned.zip", ""), ("pinned/", "one.zip/")])
+def test_an_unpickled_copy_reads_the_version_its_parent_pinned_or_fails_stale(s3, s3opts, odd,
+                                                                             url, inside):
+    """One archive, and a prefix of archives."""
+    key = url if url.endswith(".zip") else f"{url}one.zip"
+    old, old_files = _stored_zip(21)
+    new, _ = _stored_zip(22)
+    s3.put_bytes(odd, key, old)
+    parent = ZipmountFileSystem(fo=f"s3://{odd}/{url}", target_options=s3opts, ttl=600,
+                                disk_cache=False, skip_instance_cache=True)
+    names = [f"{inside}a.bin", f"{inside}b.bin"]
+    want = {f"{inside}{name}": data for name, data in old_files.items()}
+    assert parent.cat(names) == want  # in its memory cache from now on
+    blob = pickle.dumps(parent)
+    s3.put_bytes(odd, key, new)
+    script = ("import errno, pickle, sys\n"
+              "try:\n"
+              "    data = pickle.loads(sys.stdin.buffer.read()).cat_file(sys.argv[1])\n"
+              "except OSError as exc:\n"
+              "    print('errno', exc.errno); sys.exit(0)\n"
+              "sys.stdout.buffer.write(data)\n")
+    r = run([sys.executable, "-c", script, names[1]], stdin=blob, timeout=60)
+    assert r.rc == 0, r.describe()
+    assert r.stdout_bytes == old_files["b.bin"] or \
+        r.stdout == f"errno {errno.ESTALE}\n", r.stdout_bytes[:80]
+    assert parent.cat_file(names[1]) == old_files["b.bin"]  # the parent still serves v1
+
+
+def _read_spread(f, size: int) -> list[bytes]:
+    """1000 bytes at five places over the file: more than a 1 MiB memory cache holds."""
+    got = []
+    for start in (0, size // 4, size // 2, 3 * size // 4, size - 1000):
+        f.seek(start)
+        got.append(f.read(1000))
+    return got
+
+
+def _read_pipe(fd: int, pid: int, seconds: float) -> bytes:
+    """Everything written to ``fd`` until the child ``pid`` exits; the child is killed if it
+    takes longer than ``seconds`` (a hang must fail the test, not stall it)."""
+    import select
+    import signal
+
+    parts, deadline = [], time.monotonic() + seconds
+    with os.fdopen(fd, "rb", buffering=0) as pipe:
+        while True:
+            if not select.select([pipe], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                os.kill(pid, signal.SIGKILL)
+                break
+            chunk = pipe.read(65536)
+            if not chunk:
+                break
+            parts.append(chunk)
+    return b"".join(parts)
+
+
+def _read_open_file_in_child(f, size: int, queue) -> None:
+    try:
+        queue.put(_read_spread(f, size))
+    except OSError as exc:
+        queue.put(repr(exc))
+
+
+def test_a_file_opened_before_fork_reads_in_the_child(zmfs, samples):
+    """DataLoader workers fork with their dataset's files open."""
+    import multiprocessing
+
+    # No disk cache and little memory: what the child reads is not in the copy of the
+    # parent's cache it inherits.
+    fs = zmfs("s3://data/single/stored.zip", disk_cache=False, memory="1MiB")
+    (first, small), (name, content) = sorted(samples.stored.files.items(),
+                                             key=lambda kv: len(kv[1]))[-2:]
+    size = len(content)
+    assert size > 2 * 2**20
+    want = [content[s:s + 1000] for s in (0, size // 4, size // 2, 3 * size // 4, size - 1000)]
+    assert fs.cat_file(first, 0, 100) == small[:100]  # the engine's threads are running
+    with fs.open(name, "rb") as f:
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_read_open_file_in_child, args=(f, size, queue))
+        child.start()
+        try:
+            got = queue.get(timeout=60)
+        finally:
+            child.join(10)
+            if child.is_alive():
+                child.kill()
+        assert got == want
+        # A bare os.fork, as DataLoader's workers are started: the child's answer through a pipe.
+        rd, wr = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            code = 1
+            try:
+                os.write(wr, b"".join(_read_spread(f, size)))
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(wr)
+        from_fork = _read_pipe(rd, pid, seconds=60)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert from_fork == b"".join(want)
+        f.seek(0)
+        assert f.read(100) == content[:100]  # the parent's handle is untouched

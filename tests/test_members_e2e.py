@@ -8,13 +8,18 @@
   back to decompression, never an error to read(2); a spill file deleted behind the daemon is
   made again;
 - a stored member that declares more bytes than it holds is EIO, never its neighbour's bytes, and
-  a big stored member with a wrong CRC-32 fails the read that completes it.
+  a big stored member with a wrong CRC-32 fails the read that completes it;
+- concurrent random readers of one big deflated member (O_DIRECT reads from many handles, and
+  page faults of a shared mmap) get the right bytes from its decoded cells, and an archive
+  replaced on an S3 server never serves the old version's decoded cells (nor does a remount on
+  the same cache directory).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import mmap
 import os
 import random
 import struct
@@ -25,17 +30,27 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from robust.harness import guarded, peak_rss_bytes, read_direct, read_file, reset_peak_rss
+from robust.harness import (
+    guarded,
+    peak_rss_bytes,
+    read_direct,
+    read_file,
+    reset_peak_rss,
+    stack,
+    wait_for,
+)
 from robust.zips import RawMember, raw_zip
 from support.mount import Zipmount
 from unit.test_members import BZIP2, DEFLATE, LZMA, SPILL_PLAIN, bomb, member, text
 
-from zipmount.archive.members import SPILL_MIN, WHOLE_MEMBER_MAX
+from zipmount.archive.layout import WHOLE_MEMBER_MAX
+from zipmount.archive.members import SPILL_MIN
 
 MiB = 2**20
 BOMB = 512 * MiB
 OUT_OF_ORDER = text(11, 24 * MiB)
 BIG_STORED = random.Random(12).randbytes(WHOLE_MEMBER_MAX + MiB + 7)
+LIBRARY = text(16, 20 * MiB + 999)  # a big deflated member read page by page at random
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +60,7 @@ def zips(tmp_path_factory) -> Path:
     archives = {
         "bombs.zip": [bomb("bzip2.bin", BZIP2, BOMB), bomb("lzma.bin", LZMA, BOMB)],
         "order.zip": [member("text.txt", DEFLATE, OUT_OF_ORDER)],
+        "library.zip": [member("lib.so", DEFLATE, LIBRARY)],
         "spill.zip": [member("m", BZIP2, SPILL_PLAIN)],
         "stored.zip": [RawMember(b"liar", b"L" * 1000, file_size=1050, compress_size=1050,
                                  extra=pad),
@@ -179,3 +195,70 @@ def test_stored_members_never_serve_a_neighbours_bytes_and_big_ones_are_crc_chec
         assert out.error == errno.EIO, out
         log = h.stderr()
     assert "runs into the next member" in log and "bad-crc.bin: CRC-32 mismatch" in log, log[-3000:]
+
+
+def test_concurrent_random_readers_of_one_deflated_member_get_the_right_bytes(local, zips):
+    plain = LIBRARY
+    with mounted(local, zips / "library.zip") as h:  # with a disk cache: both tiers
+        path = h.mountpoint / "lib.so"
+        errors: list[str] = []
+
+        def direct_reads(seed: int) -> None:  # a handle per read, straight to the daemon
+            rng = random.Random(seed)
+            for _ in range(60):
+                offset = rng.randrange(len(plain) - 4096)
+                if read_direct(path, offset, 4096) != plain[offset: offset + 4096]:
+                    errors.append(f"wrong bytes at {offset} (O_DIRECT)")
+
+        def page_faults(view: mmap.mmap, seed: int) -> None:  # one mapping, many threads
+            rng = random.Random(seed)
+            for _ in range(200):
+                page = rng.randrange(len(plain) // 4096) * 4096
+                if view[page: page + 4096] != plain[page: page + 4096]:
+                    errors.append(f"wrong bytes at {page} (mmap)")
+
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as view:
+            threads = [threading.Thread(target=direct_reads, args=(seed,)) for seed in range(4)]
+            threads += [threading.Thread(target=page_faults, args=(view, seed))
+                        for seed in range(4, 8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(180)
+            assert not any(t.is_alive() for t in threads), "a reader hung"
+        assert not errors, errors[:5]
+        assert read_file(path) == plain  # and in order
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    with stack(tmp_path_factory.mktemp("members-s3")) as s:
+        yield s
+
+
+def test_a_replaced_archive_never_serves_its_old_decoded_bytes(s3, tmp_path):
+    old, new = LIBRARY, text(17, len(LIBRARY))  # same name, size and offset; other bytes
+    key = "members/library.zip"
+    s3.put(key, raw_zip([member("lib.so", DEFLATE, old)]))
+    offsets = random.Random(18).sample(range(len(old) - 4096), 30)
+    cache = tmp_path / "cache"
+    with s3.mounted(key, "--ttl", "2", "--cache-dir", str(cache)) as h:
+        path = h.mountpoint / "lib.so"
+        for offset in offsets:
+            assert read_direct(path, offset, 4096) == old[offset: offset + 4096]
+        assert list(cache.glob("files/*/*m*.65536.*/*.run")), "no decoded cell was kept"
+        s3.put(key, raw_zip([member("lib.so", DEFLATE, new)]))
+        assert wait_for(lambda: _reads(path, 0) == new[:4096], 20, 0.2), "never saw the new one"
+        for offset in offsets:  # all were cached decoded: the new version is decoded anew
+            assert read_direct(path, offset, 4096) == new[offset: offset + 4096], offset
+    with s3.mounted(key, "--cache-dir", str(cache)) as h:  # a remount on the same cache
+        for offset in offsets:
+            assert read_direct(h.mountpoint / "lib.so", offset, 4096) == \
+                new[offset: offset + 4096], offset
+
+
+def _reads(path: Path, offset: int) -> bytes | None:
+    try:
+        return read_direct(path, offset, 4096)
+    except OSError:  # ESTALE until the mount revalidates
+        return None

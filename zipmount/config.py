@@ -21,14 +21,65 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6,
                "tib": 2**40}
 
 
+SIZE_HELP = "KiB/MiB/GiB/TiB are powers of 2 (1GiB = 1073741824 bytes), kB/MB/GB/TB powers of 10"
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 1e-3, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
 def parse_size(value: Any, what: str = "size") -> int:
-    """``256MiB``, ``10G``, ``1048576`` -> bytes."""
+    """``256MiB``, ``10G``, ``1048576`` -> bytes (``GiB`` = 2**30, ``GB`` = 10**9)."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
     if not match or match.group(2).lower() not in _SIZE_UNITS:
-        raise UsageError(f"{what}: {value!r} is not a size (e.g. 256MiB, 10GiB)")
+        raise UsageError(f"{what}: {value!r} is not a size (e.g. 256MiB, 10GiB; {SIZE_HELP})")
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def human_size(n: int) -> str:
+    """``1.5 MiB``, ``100 KiB``, ``12 bytes``: binary units, as sizes are given."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.4g} {unit}"
+    return f"{n} bytes"
+
+
+def parse_duration(value: Any, what: str, *, allow_zero: bool) -> float:
+    """``30``, ``30s``, ``500ms``, ``5m``, ``1h`` -> seconds; never negative (nor 0 unless
+    ``allow_zero``)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
+        if not match or match.group(2).lower() not in _DURATION_UNITS:
+            raise UsageError(f"{what}: {value!r} is not a duration (e.g. 30, 30s, 500ms, 5m, 1h)")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        raise UsageError(f"{what}: {value!r} must be {'0 or more' if allow_zero else 'more than 0'}"
+                         " seconds")
+    return seconds
+
+
+def check_endpoint_url(url: str, what: str) -> str:
+    """An endpoint must name its scheme: ``https://host:port`` (or ``http://``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest.strip("/"):
+        raise UsageError(f"{what} {url!r} needs a scheme and a host: write https://{rest or url} "
+                         "(or http:// for a server without TLS)")
+    return url
+
+
+def check_ca_bundle(path: str, what: str) -> None:
+    """The CA bundle must exist and hold PEM certificates (what botocore and ssl read)."""
+    import ssl
+
+    if not os.path.isfile(path):
+        raise UsageError(f"{what} {path} not found")
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, ValueError):
+        raise UsageError(f"{what} {path} holds no PEM certificate (-----BEGIN CERTIFICATE-----); "
+                         "convert a DER file with: openssl x509 -inform der -in FILE -out "
+                         "FILE.pem") from None
 
 
 @dataclass
@@ -69,6 +120,7 @@ class Config:
     log_file: str | None = None
     metrics_listen: str | None = None
     mounts: list[MountConfig] = field(default_factory=list)
+    offline: bool = False  # serve from the cache without checking the endpoint first
 
 
 def default_cache_dir() -> str:
@@ -76,6 +128,21 @@ def default_cache_dir() -> str:
         return "/var/cache/zipmount"
     base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     return os.path.join(base, "zipmount")
+
+
+def default_log_file(mountpoint: str) -> str:
+    """Where a background daemon logs without ``--log-file``: one file per (first) mountpoint,
+    in $XDG_STATE_HOME/zipmount/log if set, else /var/log/zipmount for root, else
+    ~/.local/state/zipmount/log."""
+    state = os.environ.get("XDG_STATE_HOME")
+    if state:
+        base = os.path.join(state, "zipmount", "log")
+    elif os.geteuid() == 0:
+        base = "/var/log/zipmount"
+    else:
+        base = os.path.expanduser("~/.local/state/zipmount/log")
+    name = os.path.abspath(mountpoint).strip("/").replace("/", "-") or "root"
+    return os.path.join(base, f"{name}.log")
 
 
 # key -> (type check, converter) per section; anything else is an error naming key and file.
@@ -138,22 +205,27 @@ def load_config(path: str) -> Config:
     env_file = storage.pop("env_file", None)
     for key, val in storage.items():
         if val is not None:
-            setattr(cfg.storage, key, float(val) if key == "timeout" else val)
+            setattr(cfg.storage, key, val)
+    if storage.get("timeout") is not None:
+        cfg.storage.timeout = parse_duration(storage["timeout"], f"{where}: storage.timeout",
+                                             allow_zero=False)
+    if storage.get("endpoint_url"):
+        check_endpoint_url(storage["endpoint_url"], f"{where}: storage.endpoint_url")
     if storage.get("secret_key"):
         _warn_if_readable(path)
     if env_file:
         if not os.path.isfile(env_file):
             raise UsageError(f"{where}: storage.env_file {env_file} not found")
         apply_env_file(cfg.storage, env_file)
-    if cfg.storage.ca_bundle and not os.path.isfile(cfg.storage.ca_bundle):
-        raise UsageError(f"{where}: storage.ca_bundle {cfg.storage.ca_bundle} not found")
+    if cfg.storage.ca_bundle:
+        check_ca_bundle(cfg.storage.ca_bundle, f"{where}: storage.ca_bundle")
     cache = _section(doc, "cache", _CACHE_KEYS, where)
     if "memory" in cache:
         cfg.cache.memory = parse_size(cache["memory"], f"{where}: cache.memory")
     if "size" in cache:
         cfg.cache.size = parse_size(cache["size"], f"{where}: cache.size")
     if "ttl" in cache:
-        cfg.cache.ttl = float(cache["ttl"])
+        cfg.cache.ttl = parse_duration(cache["ttl"], f"{where}: cache.ttl", allow_zero=True)
     if "index_memory" in cache:
         cfg.cache.index_memory = parse_size(cache["index_memory"], f"{where}: cache.index_memory")
     cfg.cache.dir = None if cache.get("enabled") is False else cache.get("dir") or default_cache_dir()

@@ -21,15 +21,26 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import Config, MountConfig
+from .config import Config, MountConfig, human_size
 from .engine import Engine
-from .errors import UsageError, ZipmountError
+from .errors import SourceError, UsageError, ZipmountError
 from .kernel_readahead import set_read_ahead
+from .source import Source
 from .tree import Tree
 
 log = logging.getLogger(__name__)
 
 MOUNT_TIMEOUT = 20.0
+
+
+def stderr_is_the_journal() -> bool:
+    """True if stderr is systemd's journal stream (JOURNAL_STREAM names its device:inode)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(2)
+    except OSError:
+        return False
+    return bool(stream) and stream == f"{st.st_dev}:{st.st_ino}"
 
 
 def notify(message: str) -> None:
@@ -89,6 +100,8 @@ def check_mountpoint(mountpoint: str) -> None:
         state = mount_state(mountpoint)
     if state == "mounted":
         raise ZipmountError(f"mountpoint {mountpoint} is busy: something is already mounted there")
+    if not os.path.lexists(mountpoint):
+        raise UsageError(f"mountpoint {mountpoint} does not exist (mkdir -p it first)")
     if not os.path.isdir(mountpoint):
         raise UsageError(f"mountpoint {mountpoint} is not a directory")
 
@@ -110,7 +123,14 @@ class Daemon:
         self.stats = self.engine.stats
         self.trees: list[MountedTree] = []
         self._stop = threading.Event()
-        self.stats.providers.append(lambda: {"mounts": len(self.trees)})
+        self.stats.providers.append(self._describe)
+
+    def _describe(self) -> dict[str, object]:
+        """What ``zipmount stats``, ``logs`` and ``umount`` read about this daemon."""
+        return {"mounts": len(self.trees),
+                "mountpoints": [t.config.mountpoint for t in self.trees],
+                "log": self.config.log_file or ("journal" if stderr_is_the_journal() else "stderr"),
+                "offline": self.config.offline}
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -118,7 +138,13 @@ class Daemon:
         """Connect every source and check every mountpoint; nothing is mounted yet."""
         for mount in self.config.mounts:
             check_mountpoint(mount.mountpoint)
-            tree = self.engine.open_tree(mount.source, suffixes=mount.suffixes, root=mount.root,
+            source, path = self.engine.source(mount.source)
+            if self.config.offline:
+                log.warning("--offline: serving %s from the cache without checking %s first",
+                            mount.source, source.options.endpoint_url or source.location)
+            else:
+                check_live(source, path)
+            tree = self.engine.tree_for(source, path, suffixes=mount.suffixes, root=mount.root,
                                          archives_only=mount.archives_only)
             self.trees.append(MountedTree(mount, tree))
 
@@ -179,6 +205,9 @@ class Daemon:
         except BaseException:
             self.shutdown()
             raise
+        c = self.config.cache
+        log.info("cache: %s in memory, %s", human_size(c.memory),
+                 f"{human_size(c.size)} on disk in {c.dir}" if c.dir else "no disk cache")
         on_ready()
         notify(f"READY=1\nSTATUS={self.status()}")
         while not self._stop.wait(5):
@@ -204,6 +233,40 @@ class Daemon:
             if tree.thread is not None:
                 tree.thread.join(timeout=10)
         self.engine.close()
+
+
+def check_live(source: Source, path: str) -> None:
+    """Ask the endpoint for ``path`` now (credentials, TLS, the object or prefix), even when the
+    cache could serve it without a request: a broken mount fails here, not at the first read."""
+    try:
+        source.stat(path)
+    except SourceError as exc:
+        endpoint = source.options.endpoint_url or ""
+        text = str(exc)
+        if text.startswith("TLS error") and endpoint.startswith("https://") and \
+                _speaks_plain_http(endpoint):
+            raise SourceError(f"{endpoint} answers plain HTTP, not TLS: use --endpoint-url "
+                              f"http://{endpoint[len('https://'):]}") from None
+        if text.startswith(("cannot reach", "timed out")):
+            raise SourceError(f"{text}; to serve what the cache holds, mount with "
+                              "--offline") from None
+        raise
+
+
+def _speaks_plain_http(endpoint: str) -> bool:
+    """True if ``endpoint`` (an https:// URL) answers an HTTP request without TLS."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 443, timeout=3)
+    try:
+        conn.request("HEAD", "/")
+        return conn.getresponse().status > 0
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
 
 
 def _answers(mountpoint: str) -> bool:
@@ -258,22 +321,50 @@ def run_foreground(config: Config, ready_fd: int | None = None) -> int:
         raise
 
 
-def run_background(argv: list[str], log_file: str | None) -> int:
-    """Start ``zipmount <argv> --foreground`` detached; return once it is ready (0) or failed."""
+@dataclass
+class Started:
+    """A background daemon that answers: its pid and where it logs."""
+
+    pid: int
+    log: str
+
+
+def run_background(argv: list[str], config: Config) -> Started:
+    """Start ``zipmount <argv> --foreground`` detached; return once it answers, or raise why not.
+
+    Without a log file the daemon logs to the journal under systemd, else to
+    :func:`~zipmount.config.default_log_file` of its first mountpoint.
+    """
     import sys
 
+    from .config import default_log_file
+
+    log_file = config.log_file
+    if not log_file and not stderr_is_the_journal():
+        log_file = default_log_file(config.mounts[0].mountpoint)
+        argv = [*argv, "--log-file", log_file]
+    if log_file:
+        try:
+            os.makedirs(os.path.dirname(log_file), exist_ok=True)
+            out = open(log_file, "ab")  # noqa: SIM115 - the child's stdout/stderr
+        except OSError as exc:
+            raise UsageError(f"cannot write the log file {log_file}: {exc.strerror}") from None
     read_fd, write_fd = os.pipe()
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
-    child = subprocess.Popen(
-        [sys.executable, "-m", "zipmount", *argv, "--foreground", "--ready-fd", str(write_fd)],
-        pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-        start_new_session=True,
-    )
+    with contextlib.ExitStack() as stack:
+        if log_file:
+            stack.enter_context(out)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "zipmount", *argv, "--foreground", "--ready-fd", str(write_fd)],
+            pass_fds=(write_fd,), stdin=subprocess.DEVNULL,
+            stdout=out if log_file else subprocess.DEVNULL,
+            stderr=out if log_file else None,  # None: the journal stream systemd gave us
+            start_new_session=True,
+        )
     os.close(write_fd)
     with os.fdopen(read_fd) as pipe:
         message = pipe.readline().strip()
     if message == "ready":
-        return 0
+        return Started(child.pid, log_file or "the journal")
     child.wait(timeout=60)
     if message.startswith("error: "):
         raise ZipmountError(message[len("error: "):])

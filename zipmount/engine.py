@@ -23,7 +23,7 @@ from .errors import ZipmountError
 from .source import Source, StorageOptions
 from .stats import Stats
 from .store import Store
-from .tree import DEFAULT_SUFFIXES, Reach, Tree, open_tree
+from .tree import DEFAULT_SUFFIXES, Reach, Tree, View, open_tree
 from .tree.indexes import IndexLRU
 
 if TYPE_CHECKING:
@@ -109,24 +109,29 @@ class Engine:
 
     def tree_for(self, source: Store, path: str, *, suffixes: tuple[str, ...] = DEFAULT_SUFFIXES,
                  root: str | None = None, ttl: float | None = None,
-                 archives_only: bool = False) -> Tree:
+                 archives_only: bool = False, view: View | None = None) -> Tree:
         """The tree of ``path`` in ``source`` (any :class:`Store`: the s3fs source, or a test's
-        in-memory one), checked now (``ttl``: default the config's)."""
+        in-memory one), checked now (``ttl``: default the config's; ``view``: the versions to
+        serve, pinned by another process, see :func:`open_tree`)."""
         reach = Reach(source, self.cache, self.stats, self.indexes, self.decoding)
         tree = open_tree(reach, path, suffixes=suffixes, root=root,
-                         ttl=self.settings.ttl if ttl is None else ttl, archives_only=archives_only)
+                         ttl=self.settings.ttl if ttl is None else ttl, archives_only=archives_only,
+                         view=view)
         self.trees.add(tree)
         return tree
 
     def filesystem_tree(self, fs: fsspec.AbstractFileSystem, path: str, *, timeout: float,
                         known: dict[str, Any] | None = None,
                         suffixes: tuple[str, ...] = DEFAULT_SUFFIXES, root: str | None = None,
-                        ttl: float | None = None, archives_only: bool = False) -> Tree:
+                        ttl: float | None = None, archives_only: bool = False,
+                        view: View | None = None) -> Tree:
         """The tree of ``path`` in an fsspec filesystem built by the caller (the fsspec
-        front-end); ``known``: that object's fsspec details, if the caller has them."""
+        front-end); ``known``: that object's fsspec details, if the caller has them; ``view``:
+        the versions another process pinned. Its reads keep ``timeout``, whatever the shared
+        cache's own."""
         source = Source.for_filesystem(fs, StorageOptions(timeout=timeout), self.stats, known)
         return self.tree_for(source, path, suffixes=suffixes, root=root, ttl=ttl,
-                             archives_only=archives_only)
+                             archives_only=archives_only, view=view)
 
     def gauges(self) -> dict[str, float]:
         disk = self.cache.disk

@@ -13,9 +13,12 @@ and ``cat`` of many members (zarr's ``getitems``) runs them concurrently.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import functools
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -24,13 +27,14 @@ from typing import Any
 
 import fsspec
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem, make_instance
+from fsspec.utils import stringify_path
 
-from .archive import MemberReader
 from .config import CacheConfig, default_cache_dir, parse_size
 from .engine import Engine
 from .errors import NotADirectory, UsageError, ZipmountError
 from .source import with_s3_settings
-from .tree import DEFAULT_SUFFIXES, Node, Tree
+from .store import ObjectInfo
+from .tree import DEFAULT_SUFFIXES, FileReader, Node, Tree, View, view_of
 
 _TYPES = {"dir": "directory", "file": "file", "link": "link"}
 _MAX_WORKERS = 16  # concurrent member reads of one cat/cat_ranges call
@@ -80,7 +84,12 @@ class ZipmountFileSystem(AbstractFileSystem):
     ``cache_size``, ``memory``, ``ttl``, ``timeout``, ``suffixes``, ``root``, ``archives_only``
     (a prefix shows its archives only, not its other objects as files); other keyword
     arguments go to :class:`fsspec.AbstractFileSystem`. Pickles as its options, with ``fo``
-    as a URL.
+    as a URL, and ``pinned``: the archive versions it serves (and when they were checked), so
+    that a copy in another process serves the same ones until its parent's TTL is up, or
+    fails with ESTALE, never another version.
+
+    Paths are answered in the form they are asked: ``ls("/a")`` lists ``/a/b``, ``ls("a")``
+    lists ``a/b``, as fsspec's own filesystems do.
     """
 
     protocol = "zipmount"
@@ -91,7 +100,8 @@ class ZipmountFileSystem(AbstractFileSystem):
                  disk_cache: bool = True, cache_size: int | str = "10GiB",
                  memory: int | str = "256MiB", ttl: float = 60.0, timeout: float = 30.0,
                  suffixes: Sequence[str] = DEFAULT_SUFFIXES, root: str | None = None,
-                 archives_only: bool = False, **kwargs: Any) -> None:
+                 archives_only: bool = False, pinned: dict[str, Any] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         fs, path, known, url = _target(fo, target_protocol, target_options or {}, timeout)
         self._pid = os.getpid()
@@ -104,9 +114,10 @@ class ZipmountFileSystem(AbstractFileSystem):
             "memory": memory, "ttl": ttl, "timeout": timeout, "suffixes": tuple(suffixes),
             "root": root, "archives_only": archives_only,
         }
-        self._connect(fs, path, known)
+        self._connect(fs, path, known, _view(pinned) if pinned else None)
 
-    def _connect(self, fs: fsspec.AbstractFileSystem, path: str, known: dict[str, Any] | None) -> None:
+    def _connect(self, fs: fsspec.AbstractFileSystem, path: str, known: dict[str, Any] | None,
+                 view: View | None) -> None:
         opts = self._options
         with _boundary():
             engine = Engine.shared(CacheConfig(
@@ -116,34 +127,43 @@ class ZipmountFileSystem(AbstractFileSystem):
             self.stats = engine.stats  # the process's counters for this cache (requests, hits)
             self._tree = engine.filesystem_tree(
                 fs, path, timeout=float(opts["timeout"]), known=known, suffixes=opts["suffixes"],
-                root=opts["root"], ttl=float(opts["ttl"]), archives_only=opts["archives_only"])
+                root=opts["root"], ttl=float(opts["ttl"]), archives_only=opts["archives_only"],
+                view=view)
 
     @property
     def tree(self) -> Tree:
         """The tree served; rebuilt in a forked child, where the parent's engine threads and
-        its store client's event loop do not exist."""
+        its store client's event loop do not exist, serving the versions the parent pinned."""
         if self._pid != os.getpid():
             fs, path, _, _ = _target(self._options["fo"], self._options["target_protocol"],
                                      self._options["target_options"] or {},
                                      self._options["timeout"])
-            self._connect(fs, path, None)
+            self._connect(fs, path, None, view_of(self._tree))
             self._pid = os.getpid()
         return self._tree
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return make_instance, (type(self), (), self._options)
+        return make_instance, (type(self), (), {**self._options, "pinned": _pins(self.tree)})
 
     @classmethod
     def _strip_protocol(cls, path: Any) -> Any:
+        """``path`` without the protocol and trailing slashes, in the caller's form otherwise:
+        a leading ``/`` stays (the root asked as ``/`` is ``/``)."""
         if isinstance(path, list):
             return [cls._strip_protocol(p) for p in path]
-        return super()._strip_protocol(path).strip("/")
+        bare = super()._strip_protocol(path)
+        if bare:
+            return bare
+        asked = stringify_path(path)
+        for prefix in ("zipmount://", "zipmount::"):
+            asked = asked.removeprefix(prefix)
+        return "/" if asked.startswith("/") else bare
 
     # -- metadata ---------------------------------------------------------------------------------
 
     def _stat(self, path: str) -> Node:
         with _boundary():
-            return self.tree.stat(path)
+            return self.tree.stat(path.strip("/"))
 
     @staticmethod
     def _detail(path: str, node: Node) -> dict[str, Any]:
@@ -160,12 +180,13 @@ class ZipmountFileSystem(AbstractFileSystem):
     def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
         path = self._strip_protocol(path)
         try:
-            children = self.tree.listdir(path)
+            children = self.tree.listdir(path.strip("/"))
         except NotADirectory:  # fsspec: ls of a file lists that file
             return [self.info(path)] if detail else [path]
         except ZipmountError as exc:
             raise _os_error(exc) from None
-        names = [(f"{path}/{name}" if path else name, kind) for name, kind in children]
+        parent = path.rstrip("/")  # "/" is the root asked with a leading slash
+        names = [(f"{parent}/{name}" if path else name, kind) for name, kind in children]
         if not detail:
             return [name for name, _ in names]
         # Directories need no stat: under a prefix that would open every archive's index.
@@ -189,9 +210,9 @@ class ZipmountFileSystem(AbstractFileSystem):
 
     # -- data -------------------------------------------------------------------------------------
 
-    def _reader(self, path: str) -> MemberReader:
+    def _reader(self, path: str) -> FileReader:
         with _boundary():
-            return self.tree.open(path)
+            return self.tree.open(path.strip("/"))
 
     def _open(self, path: str, mode: str = "rb", block_size: int | None = None,
               autocommit: bool = True, cache_options: dict[str, Any] | None = None,
@@ -222,7 +243,7 @@ class ZipmountFileSystem(AbstractFileSystem):
         paths = self.expand_path(path, recursive=recursive)
         if not (len(paths) > 1 or isinstance(path, list) or paths[0] != self._strip_protocol(path)):
             return self.cat_file(paths[0], **kwargs)
-        results = _gather([lambda p=p: self.cat_file(p, **kwargs) for p in paths], on_error)
+        results = _gather([functools.partial(self.cat_file, p, **kwargs) for p in paths], on_error)
         return {p: r for p, r in zip(paths, results, strict=True) if r is not _OMIT}
 
     def cat_ranges(self, paths: list[str], starts: int | list[int], ends: int | list[int],
@@ -233,19 +254,19 @@ class ZipmountFileSystem(AbstractFileSystem):
         ends = [ends] * n if isinstance(ends, int) or ends is None else ends
         if not len(starts) == len(ends) == n:
             raise ValueError("paths, starts and ends must have the same length")
-        calls = [lambda p=p, s=s, e=e: self.cat_file(p, s, e)
+        calls = [functools.partial(self.cat_file, p, s, e)
                  for p, s, e in zip(paths, starts, ends, strict=True)]
         return [r for r in _gather(calls, on_error) if r is not _OMIT]
 
     # Read-only: every write-like call answers EROFS, as the mount does.
     mkdir = makedirs = rmdir = rm_file = rm = _rm = pipe_file = put_file = cp_file = mv = \
-        touch = _read_only  # type: ignore[assignment]
+        touch = _read_only
 
 
 _OMIT = object()
 
 
-def _gather(calls: list[Callable[[], bytes]], on_error: str) -> list[Any]:
+def _gather(calls: Sequence[Callable[[], bytes]], on_error: str) -> list[Any]:
     """Run ``calls`` on the shared pool; errors raise, are returned, or are ``_OMIT``-ted."""
     futures = [_executor().submit(call) for call in calls] if len(calls) > 1 else None
     out: list[Any] = []
@@ -265,18 +286,38 @@ class ZipmountFile(AbstractBufferedFile):
     """A member opened for reading. No read-ahead buffer of its own (cache ``none``): every
     read is the exact range asked for, served by the engine's block cache."""
 
-    def __init__(self, fs: ZipmountFileSystem, path: str, node: Node, reader: MemberReader) -> None:
+    def __init__(self, fs: ZipmountFileSystem, path: str, node: Node, reader: FileReader) -> None:
         self.reader = reader
+        self._pid = os.getpid()
         super().__init__(fs, path, mode="rb", cache_type="none", size=node.size)
         self.details = fs._detail(path, node)
 
     def _fetch_range(self, start: int, end: int) -> bytes:
+        if self._pid != os.getpid():
+            # Forked (DataLoader workers): the parent's reader uses threads and an event loop
+            # that do not exist here. The same member of the same version, opened afresh.
+            self.reader = self.fs._reader(self.path)
+            self._pid = os.getpid()
         with _boundary():
             return self.reader.read(start, end - start)
 
     def close(self) -> None:
         super().close()
         self.reader.close()
+
+
+def _pins(tree: Tree) -> dict[str, Any]:
+    """What a pickle carries of ``tree``: the versions served and when they were checked
+    (wall clock: another process has its own monotonic clock)."""
+    objects, single, age = view_of(tree)
+    return {"objects": [dataclasses.asdict(o) for o in objects], "single": single,
+            "checked": time.time() - age}
+
+
+def _view(pins: dict[str, Any]) -> View:
+    """The view of a pickle's ``pinned``."""
+    return ([ObjectInfo(**o) for o in pins["objects"]], bool(pins["single"]),
+            max(0.0, time.time() - float(pins["checked"])))
 
 
 def _protocol(fs: fsspec.AbstractFileSystem) -> str:

@@ -310,6 +310,7 @@ class Zipmount:
             AWS_EC2_METADATA_DISABLED="true",
             AWS_DEFAULT_REGION=self.region,
             PYTHONUNBUFFERED="1",
+            XDG_STATE_HOME=str(self.workdir / "state"),  # background mounts log there
         )
         ak = self.access_key if access_key is ... else access_key
         sk = self.secret_key if secret_key is ... else secret_key

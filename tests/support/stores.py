@@ -44,6 +44,7 @@ class MemoryStore:
 
     def __init__(self, location: str = "memory|test") -> None:
         self.location = location
+        self.timeout = 30.0  # never reached: every call answers at once
         self._objects: dict[str, tuple[ObjectInfo, bytes]] = {}
         self._buckets: set[str] = set()
         self._lock = threading.Lock()

@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from support.stores import FaultyStore, Hang, MemoryStore, always
 
-from zipmount.cache import BLOCK_SIZE, BlockCache, CacheClosed, FileStore, MemoryTier, RunFiles
+from zipmount.cache import BLOCK_SIZE, MAX_REQUEST, BlockCache, CacheClosed, FileStore, MemoryTier, RunFiles
 from zipmount.errors import SourceError
 from zipmount.stats import Stats
 
@@ -192,6 +193,47 @@ def test_a_read_waiting_for_another_reads_request_gives_up_after_the_timeout():
     assert 0.4 < time.monotonic() - t0 < 2
     gate.set()
     owner.join()
+    cache.close()
+
+
+def test_a_read_whose_own_piece_is_queued_behind_other_reads_ends_within_its_deadline():
+    """Issue 15, item 5: a 20-byte read across a cell boundary sends its second piece to the
+    shared fetch pool, queued behind other reads' pieces that hang; it must end (data or
+    "no data within 1 s") within its own deadline, not when the queue drains."""
+    inner = MemoryStore()
+    slow = [inner.put(f"bkt/slow{n}", DATA) for n in range(4)]
+    quick = inner.put("bkt/quick", DATA)
+    store = FaultyStore(inner, timeout=600)
+    cache = cache_over(None, fetch_threads=2, timeout=1.0)
+    outcomes: dict[str, bytes | Exception] = {}
+
+    def read(obj, start: int, end: int) -> None:
+        try:
+            data = cache.read(obj.path, obj.size, start, end, lambda a, b: store.read(obj, a, b))
+            outcomes[obj.path] = data
+        except SourceError as exc:
+            outcomes[obj.path] = exc
+
+    with store.fault(always(Hang(), match=lambda c: c.is_read and "slow" in c.path)):
+        # Each reads four cells: the first piece on its own thread, three queued in the pool.
+        others = [threading.Thread(target=read, args=(obj, 0, len(DATA))) for obj in slow]
+        for t in others:
+            t.start()
+        deadline = time.monotonic() + 60
+        while len(store.log()) < len(others) + 2 and time.monotonic() < deadline:
+            time.sleep(0.01)  # until every read and both pool threads hang
+        assert len(store.log()) == len(others) + 2
+        small = threading.Thread(target=read, args=(quick, MAX_REQUEST - 10, MAX_REQUEST + 10))
+        small.start()
+        small.join(1.0 + 30)  # its deadline, plus any scheduling delay
+        assert not small.is_alive(), "the read waited for its queued piece without a deadline"
+    for t in others:
+        t.join(30)
+    small.join(30)
+    got = outcomes["bkt/quick"]
+    assert got == DATA[MAX_REQUEST - 10: MAX_REQUEST + 10] or \
+        isinstance(got, SourceError) and "no data within 1 s" in str(got)
+    assert all(isinstance(outcomes[o.path], SourceError) for o in slow)  # hung, then released
     cache.close()
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from robust.harness import cache_usage_between_writes, dir_usage
+from support.locks import stopped_holder
 
 from zipmount.cache import FileStore
 
@@ -68,6 +69,7 @@ def test_the_cap_holds_while_threads_write_at_once(tmp_path):
     def sample() -> None:
         while not stop.is_set():
             peak[0] = max(peak[0], cache_usage_between_writes(tmp_path))
+            time.sleep(0.001)  # a lock held without a break is a stuck holder: writes give up
 
     def writer(t: int) -> None:
         for n in range(60):
@@ -154,3 +156,80 @@ def test_clear_and_prune_leave_the_store_usable(tmp_path):
     assert store.listing("k0") is None  # the emptied directory went too
     store.write("k0/part.blob", [b"again"], 5)
     assert store.path("k0/part.blob").read_bytes() == b"again"
+
+
+def _finishes(work, seconds: float = 60.0):
+    """``work()``'s result, or an assertion error if it is still blocked after ``seconds``
+    (a liveness bound: a wait on a stuck lock never ends)."""
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "blocked on a lock held by a stopped process"
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box.get("result")
+
+
+def test_a_stopped_process_holding_the_ledger_lock_blocks_no_one(tmp_path):
+    first = FileStore(tmp_path, 1 << 20)
+    first.write("aa.blob", [bytes(1000)], 1000)
+    first.close()
+    with stopped_holder(tmp_path / "ledger"):
+        store = _finishes(lambda: FileStore(tmp_path, 1 << 20))  # a new process's store
+        assert _finishes(lambda: store.read("aa.blob")) == bytes(1000)
+        with pytest.raises(OSError) as info:  # a write cannot be counted: it is not kept
+            _finishes(lambda: store.write("bb.blob", [bytes(500)], 500))
+        assert info.value.errno == errno.EAGAIN
+        assert not store.path("bb.blob").exists()
+        _finishes(lambda: store.remove("aa.blob"))  # counted once the ledger is free again
+        assert not store.path("aa.blob").exists()
+    store.write("cc.blob", [bytes(300)], 300)
+    assert store.used == on_disk(store) == 300
+
+
+def test_a_scan_walks_the_directory_without_holding_the_ledger_lock(tmp_path, monkeypatch):
+    store = FileStore(tmp_path, 1 << 20)
+    for n in range(5):
+        store.write(f"w{n}.blob", [bytes(1000)], 1000)
+    free_during_walk = []
+    real_walk = FileStore._walk
+
+    def walk_and_try_the_ledger(self):
+        fd = os.open(tmp_path / "ledger", os.O_RDWR)  # as another process would
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            free_during_walk.append(True)
+        except BlockingIOError:
+            free_during_walk.append(False)
+        finally:
+            os.close(fd)
+        return real_walk(self)
+
+    monkeypatch.setattr(FileStore, "_walk", walk_and_try_the_ledger)
+    store.prune(2500)
+    store.clear()
+    assert free_during_walk == [True, True]
+    assert store.used == on_disk(store) == 0
+
+
+def test_prune_gives_up_on_a_stopped_scanner_and_writes_under_the_cap_go_on(tmp_path,
+                                                                            monkeypatch):
+    from zipmount.cache import files
+
+    monkeypatch.setattr(files, "SCAN_WAIT", 0.5)
+    store = FileStore(tmp_path, 1 << 20)
+    with stopped_holder(tmp_path / "scan.lock"):
+        with pytest.raises(files.CacheBusy) as info:
+            _finishes(store.clear)
+        assert "\n" not in str(info.value)
+        _finishes(lambda: store.write("dd.blob", [bytes(700)], 700))
+    store.clear()
+    assert store.files() == [] and store.used == 0

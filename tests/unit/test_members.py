@@ -16,6 +16,7 @@ import random
 import resource
 import signal
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Iterable, Iterator
@@ -28,6 +29,7 @@ from zipmount.archive import Archive, CachedObject, Decoding
 from zipmount.archive.decompress import DecoderBudget
 from zipmount.archive.decompress import checkpoints as ck
 from zipmount.archive.decompress import streams as st
+from zipmount.archive.decompress.cells import CELL, FILL_AFTER
 from zipmount.archive.layout import WHOLE_MEMBER_MAX
 from zipmount.archive.members import SPILL_MIN
 from zipmount.cache import BlockCache, DiskTier
@@ -225,14 +227,15 @@ def test_random_reads_of_a_deflated_member_start_from_its_checkpoints(workdir):
         rng = random.Random(4)
         entry = archive.entries["big"]
         for _ in range(30):
-            archive.decoding.park.take(archive.member_version(entry))  # checkpoints only
-            reader = archive.reader(entry)  # a new handle: the member's checkpoints
+            # A new stream (as a new handle's): it starts from the member's checkpoints.
+            stream = st.MemberStream(archive.view(entry), archive.decoding.checkpoints, None,
+                                     archive.decoding.budget)
             offset = rng.randrange(len(plain))
-            assert reader.read(offset, 4096) == plain[offset: offset + 4096]
-            stream = reader.stream.stream
-            assert offset - stream.started_at <= ck.CHECKPOINT_EVERY + st.PIECE, \
-                f"decompressed {offset - stream.started_at} bytes to reach {offset}"
-            reader.close()
+            assert stream.read(offset, 4096) == plain[offset: offset + 4096]
+            assert stream.stream is not None
+            assert offset - stream.stream.started_at <= ck.CHECKPOINT_EVERY + st.PIECE, \
+                f"decompressed {offset - stream.stream.started_at} bytes to reach {offset}"
+            stream.close()
 
 
 def test_a_random_read_fetches_the_input_up_to_the_next_checkpoint_at_once(workdir):
@@ -359,6 +362,133 @@ def test_closed_handles_keep_no_more_than_the_budget_and_the_engine_frees_them(w
         decoding.close()
         assert decoding.budget.used == 0
         assert decoding.park.take(archive.member_version(archive.entries["m5"])) is None
+
+
+# -- decoded cells ------------------------------------------------------------------------------
+
+
+CELLS_PLAIN = text(14, 12 * MiB + 12345)  # 7 cells of 2 MiB, the last one short
+CELLS = -(-len(CELLS_PLAIN) // CELL)
+
+
+def random_reads(archive: Archive, name: str, plain: bytes, count: int, seed: int,
+                 size: int = 4096) -> None:
+    """``count`` random reads of ``size`` bytes, each by a new handle (as page faults come)."""
+    rng = random.Random(seed)
+    entry = archive.entries[name]
+    for _ in range(count):
+        offset = rng.randrange(len(plain) - size)
+        reader = archive.reader(entry)
+        try:
+            assert reader.read(offset, size) == plain[offset: offset + size], offset
+        finally:
+            reader.close()
+
+
+def test_random_reads_of_a_deflated_member_decode_each_cell_once(workdir):
+    with opened(write_zip(workdir, [member("big", DEFLATE, CELLS_PLAIN)])) as archive:
+        counters = archive.cached.cache.stats.counters
+        random_reads(archive, "big", CELLS_PLAIN, 200, seed=1)
+        # the first phase: the first read far into the member decodes up to it (making the
+        # checkpoints), every other cell once from the checkpoint at its start
+        assert 1 <= counters["cells_decoded"] <= CELLS
+        assert counters["cell_bytes_decoded"] <= 2 * len(CELLS_PLAIN)
+        made = counters["cells_decoded"], counters["cell_bytes_decoded"]
+        random_reads(archive, "big", CELLS_PLAIN, 200, seed=2)
+        random_reads(archive, "big", CELLS_PLAIN, 50, seed=3, size=100_000)
+        assert (counters["cells_decoded"], counters["cell_bytes_decoded"]) == made, \
+            "a random read after the first pass decoded again"
+
+
+def test_a_member_read_once_at_a_few_offsets_decodes_a_cell_per_offset(workdir):
+    path = write_zip(workdir, [member("big", DEFLATE, CELLS_PLAIN)])
+    decoding = Decoding()
+    with opened(path, decoding=decoding) as archive:
+        assert read_all(archive, "big") == CELLS_PLAIN  # checkpoints made (kept by the engine)
+        assert archive.cached.cache.stats.counters["cells_decoded"] == 0, \
+            "a read in order went through the decoded cells"
+    with opened(path, decoding=decoding) as archive:  # a fresh block cache
+        random_reads(archive, "big", CELLS_PLAIN, 3, seed=4)
+        counters = archive.cached.cache.stats.counters
+        assert 1 <= counters["cells_decoded"] <= 3
+        assert counters["cell_bytes_decoded"] <= 3 * CELL
+
+
+def test_concurrent_random_readers_share_the_decode_of_a_cell(workdir):
+    with opened(write_zip(workdir, [member("big", DEFLATE, CELLS_PLAIN)])) as archive:
+        entry = archive.entries["big"]
+        shared = archive.reader(entry)  # one handle read from every thread, as mmap faults are
+        errors: list[str] = []
+
+        def read_at_random(seed: int) -> None:
+            rng = random.Random(seed)
+            own = archive.reader(entry)
+            try:
+                for n in range(60):
+                    offset = rng.randrange(len(CELLS_PLAIN) - 4096)
+                    got = (own if n % 2 else shared).read(offset, 4096)
+                    if got != CELLS_PLAIN[offset: offset + 4096]:
+                        errors.append(f"wrong bytes at {offset}")
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(repr(exc))
+            finally:
+                own.close()
+
+        threads = [threading.Thread(target=read_at_random, args=(seed,)) for seed in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        shared.close()
+        assert not any(t.is_alive() for t in threads), "a reader hung"
+        assert not errors, errors[:5]
+        assert 1 <= archive.cached.cache.stats.counters["cells_decoded"] <= CELLS
+
+
+def test_a_member_read_at_random_on_and_on_is_decoded_whole_in_the_background(workdir):
+    plain = text(19, (FILL_AFTER + 4) * CELL + CELL // 2)
+    cells = -(-len(plain) // CELL)
+    with opened(write_zip(workdir, [member("big", DEFLATE, plain)]), workdir / "cache",
+                memory=128 * MiB) as archive:  # every cell stays in memory: each made once
+        counters = archive.cached.cache.stats.counters
+        reader = archive.reader(archive.entries["big"])
+        for cell in range(cells - 1, cells - 1 - FILL_AFTER, -1):  # FILL_AFTER cells on demand
+            offset = cell * CELL + 5000
+            assert reader.read(offset, 4096) == plain[offset: offset + 4096]
+        reader.close()
+        deadline = time.monotonic() + 60
+        while counters["cells_decoded"] < cells and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert counters["cells_decoded"] == cells, "the rest of the member was not filled"
+        assert counters["cell_bytes_decoded"] <= 2 * len(plain)
+        random_reads(archive, "big", plain, 100, seed=6)  # new offsets: no decode any more
+        assert counters["cells_decoded"] == cells
+
+
+def test_a_member_read_at_a_few_offsets_is_not_filled(workdir):
+    plain = text(19, (FILL_AFTER + 4) * CELL + CELL // 2)
+    with opened(write_zip(workdir, [member("big", DEFLATE, plain)]), workdir / "cache") as archive:
+        random_reads(archive, "big", plain, 3, seed=7)
+        made = archive.cached.cache.stats.counters["cells_decoded"]
+        time.sleep(1)  # a fill, had one started, would have made more meanwhile
+        assert made == archive.cached.cache.stats.counters["cells_decoded"] <= 3
+
+
+def test_a_replaced_archive_never_serves_the_old_decoded_cells(workdir):
+    old, new = CELLS_PLAIN, text(15, len(CELLS_PLAIN))  # same name, size, offset: new bytes
+    path = write_zip(workdir, [member("big", DEFLATE, old)])
+    offsets = random.Random(5).sample(range(len(old) - 4096), 40)
+    with opened(path, workdir / "cache") as archive:
+        for offset in offsets:
+            assert archive.reader(archive.entries["big"]).read(offset, 4096) == \
+                old[offset: offset + 4096]
+    assert list((workdir / "cache").glob("files/*/*m*.65536.*/*.run")), "no decoded cell kept"
+    path.write_bytes(raw_zip([member("big", DEFLATE, new)]))
+    os.utime(path, (time.time() + 10, time.time() + 10))  # a new version (mtime token)
+    with opened(path, workdir / "cache") as archive:  # the same cache directory
+        for offset in offsets:
+            assert archive.reader(archive.entries["big"]).read(offset, 4096) == \
+                new[offset: offset + 4096]
 
 
 # -- stored members -------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ import zipfile
 
 from ..errors import ArchiveError
 from .decompress import Decoding, MemberStream, crc32
+from .decompress.cells import CELL, DecodedCells
+from .decompress.streams import PIECE, WINDOW
 from .layout import WHOLE_MEMBER_MAX
 from .readahead import Prefetcher, readahead_max
 from .spill import SpillFiles
@@ -25,6 +27,8 @@ SPILL_METHODS = {zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 # A handle checks a big stored member's CRC-32 while it is read in order; reads that arrive
 # ahead of that order (the kernel's concurrent readahead) are held until the gap fills, up to:
 CRC_AHEAD_MAX = 4 * 1024 * 1024
+# A handle that has read on from where it stopped this far walks the member: its stream goes on.
+WALK = 1024 * 1024
 
 
 class MemberReader:
@@ -122,28 +126,49 @@ class CompressedReader(MemberReader):
     """A bounded decompression stream per open file (see :mod:`.decompress`); its reads take
     turns (a stream has one position).
 
-    A big bzip2/LZMA member switches to its spill file (when there is a disk cache) when a read
-    steps back past the stream's window; spill failures of any kind fall back to the stream.
+    Random reads of a big deflated member are served from its decoded cells in the block cache
+    (:mod:`.decompress.cells`), in parallel; reads that walk on stay with the stream. A big bzip2/LZMA
+    member switches to its spill file (when there is a disk cache) when a read steps back past
+    the stream's window; spill failures of any kind fall back to the stream.
     """
 
     def __init__(self, view: MemberView, decoding: Decoding, spills: SpillFiles | None) -> None:
         super().__init__(view)
         entry = view.entry
         self.stream = MemberStream(view, decoding.checkpoints, decoding.park, decoding.budget)
+        self.cells = DecodedCells(view, decoding.checkpoints, decoding.budget, decoding.fills) \
+            if entry.method == zipfile.ZIP_DEFLATED and entry.size > WINDOW else None
         self.spills = spills
         self.spillable = (entry.method in SPILL_METHODS and entry.size >= SPILL_MIN
                           and spills is not None)
         self.spill: int | None = None  # fd of the spill file
+        self._walk_end = -1  # where the last read ended
+        self._walked = 0  # bytes read on from where the read before stopped (about)
         self._lock = threading.Lock()
 
     def read(self, offset: int, size: int) -> bytes:
-        with self._lock:
-            self.view.check_intact()
-            try:
+        self.view.check_intact()
+        try:
+            if self._random(offset, size):
+                assert self.cells is not None
+                return self.cells.read(offset, size)
+            with self._lock:
                 return self._read(offset, size)
-            except ArchiveError as exc:  # corrupt data, a CRC mismatch, a size that lies
-                self.view.mark_corrupt(exc)
-                raise
+        except ArchiveError as exc:  # corrupt data, a CRC mismatch, a size that lies
+            self.view.mark_corrupt(exc)
+            raise
+
+    def _random(self, offset: int, size: int) -> bool:
+        """Whether this read goes to the decoded cells: a read of a few pages (not a whole
+        member) that the stream cannot serve by going on and that does not walk on from the
+        reads before it."""
+        if self.cells is None or size > CELL:
+            return False
+        with self._lock:
+            near = self._walk_end - WINDOW <= offset <= self._walk_end + PIECE
+            self._walked = self._walked + size if near else 0
+            self._walk_end = offset + size
+            return self._walked < WALK and not self.stream.continues(offset)
 
     def _read(self, offset: int, size: int) -> bytes:
         if self.spill is None and self.spillable and self.stream.needs_restart(offset):

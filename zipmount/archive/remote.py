@@ -27,7 +27,9 @@ class CachedObject:
         return self.source.read(self.obj, start, end)
 
     def read(self, start: int, end: int) -> bytes:
-        return self.cache.read(self.key, self.obj.size, start, end, self._fetch)
+        # The deadline is this source's (its filesystem's or mount's), not the shared cache's.
+        return self.cache.read(self.key, self.obj.size, start, end, self._fetch,
+                               timeout=self.source.timeout)
 
     def prefetch(self, start: int, end: int) -> None:
         self.cache.prefetch(self.key, self.obj.size, start, end, self._fetch)

@@ -32,6 +32,10 @@ class CacheClosed(ZipmountError):
     """The cache was closed while a read waited for it."""
 
 
+class _NoData(SourceError):
+    """A read's deadline passed while it waited for blocks (EIO)."""
+
+
 Job = tuple[str, int, tuple[int, int], Fetch, dict[int, Future[memoryview]]]
 
 
@@ -81,12 +85,15 @@ class BlockCache:
             self._writer = threading.Thread(target=self._write_runs, name="zipmount-disk", daemon=True)
             self._writer.start()
 
-    def read(self, key: str, size: int, start: int, end: int, fetch: Fetch) -> bytes:
-        """Bytes ``[start, end)`` of the object ``key`` of ``size`` bytes."""
+    def read(self, key: str, size: int, start: int, end: int, fetch: Fetch,
+             timeout: float | None = None) -> bytes:
+        """Bytes ``[start, end)`` of the object ``key`` of ``size`` bytes; ``timeout``: this
+        read's bound on waiting for requests other reads started (default: the cache's)."""
         end = min(end, size)
         if start >= end:
             return b""
-        deadline = time.monotonic() + self.timeout
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         bs = self.block_size
         first, last = start // bs, (end - 1) // bs
         found: dict[int, memoryview] = {}
@@ -103,14 +110,18 @@ class BlockCache:
             claimed = set(mine)
             pieces += self._take_over(key, [i for i in waits if i not in claimed])
             own = {i for _, _, (a, b), _, _ in pieces for i in range(a, b + 1) if i in waits}
-            for job in pieces[1:]:
-                self._requests.submit(self._fetch_run, *job)
+            queued = [(job, self._requests.submit(self._fetch_run, *job)) for job in pieces[1:]]
             if pieces:
                 self._fetch_run(*pieces[0])
-            # This read's own pieces each end within the source's timeout once started; a
-            # request started by another read is waited for at most ``timeout``.
-            found.update((i, fut.result() if i in own else self._wait(fut, deadline))
-                         for i, fut in waits.items())
+            # Every wait ends by the read's deadline, for a request another read started and
+            # for this read's own pieces queued in the shared pool behind other reads' alike.
+            try:
+                found.update((i, self._wait(fut, deadline, timeout, i in own)) for i, fut in waits.items())
+            except _NoData as exc:
+                for job, task in queued:  # not started yet: nobody else will fetch them now
+                    if task.cancel():
+                        self._abandon(job, exc)
+                raise
         offset = start - first * bs
         if first == last:
             return bytes(found[first][offset: offset + end - start])
@@ -120,12 +131,24 @@ class BlockCache:
         parts[-1] = parts[-1][: end - last * bs]
         return b"".join(parts)
 
-    def _wait(self, fut: Future[memoryview], deadline: float) -> memoryview:
+    def _wait(self, fut: Future[memoryview], deadline: float, timeout: float,
+              own: bool) -> memoryview:
         try:
             return fut.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
-            raise SourceError(f"no data within {self.timeout:g} s "
-                              "(waiting for a request another read started)") from None
+            why = "its requests queued behind other reads'" if own else \
+                "waiting for a request another read started"
+            raise _NoData(f"no data within {timeout:g} s ({why})") from None
+
+    def _abandon(self, job: Job, exc: BaseException) -> None:
+        """Fail the blocks of a piece that will not be fetched (its reader gave up)."""
+        key, _, (first, last), _, futures = job
+        with self._lock:
+            for i in range(first, last + 1):
+                if self._inflight.get((key, i)) is futures[i]:
+                    del self._inflight[(key, i)]
+        for i in range(first, last + 1):
+            _settle(futures[i], exc=exc)
 
     def prefetch(self, key: str, size: int, start: int, end: int, fetch: Fetch) -> None:
         """Fetch the uncached blocks of ``[start, end)`` in the background.

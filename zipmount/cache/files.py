@@ -10,13 +10,22 @@ Sharing one directory between processes (daemons, notebooks, DataLoader or Dask 
   renamed. A reader that opens a name sees a whole file or none; one that finds it gone
   (evicted by another process meanwhile) treats that as a miss.
 - Recency is the file's mtime (set on every hit), so every process sees every other's hits.
-- The total is kept in ``ledger`` (bytes used, time of the last scan), updated under ``flock``
-  in short critical sections, never across I/O of a blob. A writer creates its temporary file
-  (named with the size it will have), then reserves that size in the ledger; when the total
-  would pass the cap, the writer holding the lock scans the directory (the true total) and
-  deletes the oldest files until the total is 10% under the cap, so a scan is paid once per
-  tenth of the cap written. A scan also runs every few minutes, correcting drift (a process
-  killed between reserving and writing, files deleted by hand).
+- The total is kept in ``ledger`` (bytes used, time of the last scan, bytes ever added), updated
+  under ``flock`` in short critical sections, never across I/O of a blob nor a scan. A writer
+  creates its temporary file (named with the size it will have), then reserves that size in the
+  ledger; when the total would pass the cap, it scans the directory (the true total) and deletes
+  the oldest files until the total is 10% under the cap, so a scan is paid once per tenth of the
+  cap written. A scan also runs every few minutes, correcting drift (a process killed between
+  reserving and writing, files deleted by hand).
+- One scan at a time (``flock`` on ``scan.lock``); the ledger is not locked meanwhile: the scan
+  sets it to what it found plus what was added while it walked (so it may be ahead, never
+  behind).
+- Nobody waits for a lock without a bound (a stopped process may hold one for ever): the ledger
+  lock at most LOCK_WAIT seconds, then a write is refused (EAGAIN: not kept, the cache is
+  optional) and a removal is counted later; automatic scans only when no other scan runs;
+  ``prune``/``clear`` wait at most SCAN_WAIT for another scan, then fail with
+  :class:`CacheBusy`. After a lock was found stuck, the next attempts for BUSY_BACKOFF seconds
+  do not wait at all.
 - A writer holds ``flock`` on its temporary file: a scan deletes only unlocked temporary files
   older than a few seconds (left by a killed process) and counts the others at the size their
   name announces. The kernel drops a dead process's locks, so a crash never blocks the rest.
@@ -43,13 +52,21 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from ..errors import ZipmountError
 
 log = logging.getLogger(__name__)
 
-_LEDGER = struct.Struct("<qd")  # bytes used, time.time() of the last scan
+_LEDGER = struct.Struct("<qdq")  # bytes used, time.time() of the last scan, bytes ever added
+_OLD_LEDGER = struct.Struct("<qd")  # written by versions before "bytes ever added"
 RESCAN_INTERVAL = 300.0
+LOCK_WAIT = 2.0  # the longest a caller waits for the ledger lock (held for microseconds)
+SCAN_WAIT = 30.0  # the longest prune/clear wait for another process's scan to end
+BUSY_BACKOFF = 10.0  # after a lock was found stuck, attempts this long do not wait
 _TMP = ".tmp."
 _AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+_renameat2: Any
 try:
     _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
     _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
@@ -58,6 +75,12 @@ except AttributeError:  # a libc without it (glibc < 2.28)
     _renameat2 = None
 _DEAD_TMP_AGE = 10.0  # an unlocked temporary file this old belongs to a killed writer
 _LOW_WATER = 0.9  # an eviction frees down to this fraction of the cap
+
+
+class CacheBusy(ZipmountError):
+    """Another process has held the cache's scan (or ledger) lock for too long."""
+
+    errno = errno.EAGAIN
 
 
 @dataclass(frozen=True)
@@ -78,13 +101,20 @@ class FileStore:
         self.files_dir = root / "files"
         self.files_dir.mkdir(parents=True, exist_ok=True)
         self._base = str(self.files_dir)
-        self._ledger_fd = os.open(root / "ledger", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self._lock = threading.Lock()  # flock is per open file: threads need their own lock
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        self._ledger_fd = os.open(root / "ledger", flags, 0o600)
+        self._scan_fd = os.open(root / "scan.lock", flags, 0o600)
+        # flock is per open file: the threads of this process need locks of their own.
+        self._ledger_gate = _Gate(self._ledger_fd)
+        self._scan_gate = _Gate(self._scan_fd)
+        self._pending_lock = threading.Lock()
+        self._pending = [0, 0]  # bytes used, bytes added: not in the ledger yet (it was stuck)
         self._tmp_ids = itertools.count()
-        with self._ledger() as (used, scanned):
-            # A restart with a smaller size must not keep more than it allows.
-            if used < 0 or used > capacity or time.time() - scanned > RESCAN_INTERVAL:
-                self._set_ledger(self._scan_and_evict(capacity))
+        # A restart with a smaller size must not keep more than it allows.
+        with self._ledger() as ledger:
+            pass
+        if ledger is not None and self._needs_scan(ledger, grew=True):
+            self._scan(capacity, wait=0.0)
 
     # --- naming and reading -------------------------------------------------------------
     def path(self, name: str) -> Path:
@@ -147,7 +177,7 @@ class FileStore:
             # Locked and named with its size before it is counted, so that a scan by any
             # process sees this reservation from the moment the ledger holds it.
             fcntl.flock(fd, fcntl.LOCK_EX)
-            self._add(reserve)
+            self._reserve(reserve)
             try:
                 for chunk in chunks:
                     view = memoryview(chunk).cast("B")
@@ -198,37 +228,102 @@ class FileStore:
     @property
     def used(self) -> int:
         """Bytes stored by every process (as of the ledger; exact after a scan)."""
-        raw = os.pread(self._ledger_fd, _LEDGER.size, 0)
-        return max(0, _LEDGER.unpack(raw)[0]) if len(raw) == _LEDGER.size else 0
+        raw = os.pread(self._ledger_fd, 8, 0)
+        return max(0, struct.unpack("<q", raw)[0]) if len(raw) == 8 else 0
 
     @contextlib.contextmanager
-    def _ledger(self) -> Iterator[tuple[int, float]]:
-        with self._lock:
-            fcntl.flock(self._ledger_fd, fcntl.LOCK_EX)
-            try:
-                raw = os.pread(self._ledger_fd, _LEDGER.size, 0)
-                yield _LEDGER.unpack(raw) if len(raw) == _LEDGER.size else (-1, 0.0)
-            finally:
-                fcntl.flock(self._ledger_fd, fcntl.LOCK_UN)
+    def _ledger(self, wait: float = LOCK_WAIT) -> Iterator[list[Any] | None]:
+        """The ledger as ``[used, scanned, added]``, locked for a short update (written back
+        at the end of the block), with this process's pending changes applied; None if it
+        could not be locked within ``wait`` seconds."""
+        if not self._ledger_gate.enter(wait):
+            yield None
+            return
+        try:
+            raw = os.pread(self._ledger_fd, _LEDGER.size, 0)
+            if len(raw) == _LEDGER.size:
+                ledger = list(_LEDGER.unpack(raw))
+            elif len(raw) >= _OLD_LEDGER.size:
+                ledger = [*_OLD_LEDGER.unpack(raw[:_OLD_LEDGER.size]), 0]
+            else:  # none yet, or lost: a scan will tell
+                ledger = [0, 0.0, 0]
+            with self._pending_lock:
+                ledger[0] += self._pending[0]
+                ledger[2] += self._pending[1]
+                self._pending = [0, 0]
+            yield ledger
+            os.pwrite(self._ledger_fd, _LEDGER.pack(*ledger), 0)
+        finally:
+            self._ledger_gate.leave()
 
-    def _set_ledger(self, used: int) -> None:
-        os.pwrite(self._ledger_fd, _LEDGER.pack(used, time.time()), 0)
+    def _needs_scan(self, ledger: list[Any], grew: bool) -> bool:
+        used, scanned, _ = ledger
+        return used < 0 or (grew and used > self.capacity) or \
+            time.time() - scanned > RESCAN_INTERVAL
 
     def _add(self, delta: int) -> None:
-        """Add ``delta`` bytes to the total; scan and evict if it passes the cap or is stale."""
-        with self._ledger() as (used, scanned):
-            used += delta
-            if used < 0 or (delta > 0 and used > self.capacity) \
-                    or time.time() - scanned > RESCAN_INTERVAL:
-                self._set_ledger(self._scan_and_evict(self.capacity))
-            else:
-                os.pwrite(self._ledger_fd, struct.pack("<q", used), 0)
+        """Add ``delta`` bytes to the total (later, if the ledger is stuck); scan and evict if
+        it passes the cap or is stale, unless another scan runs."""
+        with self._ledger() as ledger:
+            if ledger is not None:
+                ledger[0] += delta
+                ledger[2] += max(0, delta)
+        if ledger is None:
+            with self._pending_lock:
+                self._pending[0] += delta
+                self._pending[1] += max(0, delta)
+        elif self._needs_scan(ledger, grew=delta > 0):
+            self._scan(self.capacity, wait=0.0)
+
+    def _reserve(self, size: int) -> None:
+        """Count ``size`` bytes about to be written, making room first if the total would pass
+        the cap; OSError(EAGAIN) if that cannot be done now (the write is not kept)."""
+        with self._ledger() as ledger:
+            if ledger is not None:
+                ledger[0] += size
+                ledger[2] += size
+        if ledger is None:
+            if size:
+                raise OSError(errno.EAGAIN, "the disk cache's ledger is locked by another "
+                                            "process: not kept")
+            return
+        over = size > 0 and ledger[0] > self.capacity
+        if self._needs_scan(ledger, grew=size > 0) and \
+                not self._scan(self.capacity, wait=LOCK_WAIT if over else 0.0) and over:
+            self._add(-size)
+            raise OSError(errno.EAGAIN, "the disk cache is full and another process is "
+                                        "scanning it: not kept")
+
+    def _scan(self, capacity: int, wait: float, low_water: float = _LOW_WATER) -> bool:
+        """Scan the directory (one process at a time; the ledger is not locked meanwhile),
+        evict down to ``low_water`` of ``capacity`` if over it, and set the ledger to the
+        total found plus what was added meanwhile. False if another scan kept on for
+        ``wait`` seconds or the ledger was stuck (nothing was done, or the total is not
+        recorded)."""
+        if not self._scan_gate.enter(wait):
+            return False
+        try:
+            with self._ledger() as ledger:
+                pass
+            if ledger is None:
+                return False
+            added_before = ledger[2]
+            total = self._scan_and_evict(capacity, low_water)
+            with self._ledger() as ledger:
+                if ledger is not None:
+                    ledger[0] = total + max(0, ledger[2] - added_before)
+                    ledger[1] = time.time()
+            return ledger is not None
+        finally:
+            self._scan_gate.leave()
 
     def prune(self, capacity: int | None = None) -> None:
-        """Evict least recently used files until the store fits ``capacity`` (default: its own)."""
-        with self._ledger():
-            self._set_ledger(self._scan_and_evict(self.capacity if capacity is None else capacity,
-                                                  low_water=1.0))
+        """Evict least recently used files until the store fits ``capacity`` (default: its own);
+        :class:`CacheBusy` if another process keeps the cache busy for SCAN_WAIT seconds."""
+        if not self._scan(self.capacity if capacity is None else capacity, wait=SCAN_WAIT,
+                          low_water=1.0):
+            raise CacheBusy(f"{self.root}: another process has been scanning the cache (or "
+                            f"holding its ledger) for {SCAN_WAIT:g} s; try again")
 
     def clear(self) -> None:
         """Delete every file (files being written by live processes land afterwards)."""
@@ -265,7 +360,7 @@ class FileStore:
 
     def _scan_and_evict(self, capacity: int, low_water: float = _LOW_WATER) -> int:
         """The true total, after deleting the least recently used files if it is over
-        ``capacity``. Called under the ledger lock."""
+        ``capacity``. Called under the scan lock."""
         found, reserved = self._walk()
         total = sum(f.size for f, _ in found) + reserved
         if total > capacity:
@@ -285,7 +380,47 @@ class FileStore:
                 directory.rmdir()
 
     def close(self) -> None:
+        if self._pending != [0, 0]:
+            self._add(0)  # one more try to record what was pending
         os.close(self._ledger_fd)
+        os.close(self._scan_fd)
+
+
+class _Gate:
+    """An exclusive ``flock`` on ``fd`` shared by the threads of this process, entered with a
+    bound on the wait (polled: flock has no timeout); once it was found held for a whole wait,
+    attempts for BUSY_BACKOFF seconds do not wait."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._threads = threading.Lock()
+        self._stuck_until = 0.0
+
+    def enter(self, wait: float) -> bool:
+        start = time.monotonic()
+        if start < self._stuck_until:
+            wait = 0.0
+        if not self._threads.acquire(timeout=wait):
+            return False
+        delay = 0.0005
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._stuck_until = 0.0
+                return True
+            except BlockingIOError:
+                left = start + wait - time.monotonic()
+                if left <= 0:
+                    if wait > 0:  # held all the while it was waited for
+                        self._stuck_until = time.monotonic() + BUSY_BACKOFF
+                    self._threads.release()
+                    return False
+                time.sleep(min(delay, left))
+                delay = min(2 * delay, 0.005)  # held for microseconds: look again soon
+
+    def leave(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        self._threads.release()
 
 
 def _rename_if_absent(src: Path, dst: Path) -> bool:

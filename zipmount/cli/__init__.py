@@ -1,4 +1,4 @@
-"""Command line: ``zipmount mount|umount|ls|stats|prefetch|cache``, and the fstab mount helper.
+"""Command line: ``zipmount mount|umount|ls|stats|logs|prefetch|cache``, and the fstab helper.
 
 Errors are one line on stderr (``zipmount: error: ...``): exit 2 for usage/config errors, 1 for
 everything else. No secret is ever taken on the command line (it would show in ``ps``). Nothing
@@ -14,6 +14,7 @@ from ..errors import UsageError, ZipmountError
 from .cache_cmd import cmd_cache
 from .fstab import mount_helper
 from .inspect import cmd_ls, cmd_stats
+from .logs import cmd_logs
 from .mount import cmd_mount, cmd_umount
 from .parser import build_parser
 from .prefetch import cmd_prefetch
@@ -24,10 +25,14 @@ __all__ = ["main", "mount_helper"]
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:  # `zipmount` alone: what it can do
+            parser.print_help(sys.stderr)
+            return 2
         if args.command == "mount":
             return cmd_mount(args, argv)
-        return {"umount": cmd_umount, "ls": cmd_ls, "stats": cmd_stats,
+        return {"umount": cmd_umount, "ls": cmd_ls, "stats": cmd_stats, "logs": cmd_logs,
                 "prefetch": cmd_prefetch, "cache": cmd_cache}[args.command](args)
     except UsageError as exc:
         print(f"zipmount: error: {exc}", file=sys.stderr)

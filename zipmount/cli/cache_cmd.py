@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import Config, default_cache_dir, load_config, parse_size
+from ..config import Config, default_cache_dir, human_size, load_config, parse_size
 from ..errors import ZipmountError
 
 
@@ -27,15 +27,18 @@ def cmd_cache(args: argparse.Namespace) -> int:
             print(f"cleared {root}")
         elif args.action == "prune":
             store.prune()
-            print(f"pruned {root} to {store.used / 2**20:.1f} MiB (cap {capacity / 2**20:.0f} MiB)")
+            print(f"pruned {root} to {human_size(store.used)} (cap {human_size(capacity)})")
         else:
             files = store.files()
             # The names each layer gives its files: the block cache's runs, the archive layer's
             # indexes and spill files.
-            print(f"cache dir   {root}\nused        {sum(f.size for f in files) / 2**20:.1f} MiB\n"
+            print(f"cache dir   {root}\nused        {human_size(sum(f.size for f in files))}\n"
+                  f"cap         {human_size(capacity)} (prune trims to it; daemons keep to "
+                  "their own --cache-size)\n"
                   f"blocks      {sum(run_blocks(f.name) for f in files)}\n"
                   f"indexes     {sum(f.name.endswith('.index.json') for f in files)}\n"
                   f"spill files {sum(f.name.endswith('.spill') for f in files)}")
     finally:
         store.close()
     return 0
+

@@ -32,7 +32,7 @@ def mount_helper(argv: list[str] | None = None) -> int:
                      "env_file", "cache_dir", "cache_size", "memory", "index_memory", "log_level",
                      "log_file", "ttl", "timeout"):
             cli += [f"--{key.replace('_', '-')}", value]
-        elif key in ("anonymous", "no_verify_tls", "no_disk_cache"):
+        elif key in ("anonymous", "no_verify_tls", "no_disk_cache", "offline"):
             cli.append(f"--{key.replace('_', '-')}")
         else:
             print(f"zipmount: error: unknown mount option {key!r}", file=sys.stderr)

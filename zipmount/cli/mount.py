@@ -34,20 +34,32 @@ def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
         for mount in cfg.mounts:
             mount.read_ahead = parse_size(args.read_ahead, "--read-ahead")
     for mount in cfg.mounts:
+        if not os.path.lexists(mount.mountpoint):
+            raise UsageError(f"mountpoint {mount.mountpoint} does not exist (mkdir -p it first)")
         if not os.path.isdir(mount.mountpoint):
             raise UsageError(f"mountpoint {mount.mountpoint} is not a directory")
     if not args.foreground:
         from ..daemon import run_background
 
-        setup_logging(cfg.log_level, None)
-        return run_background(_absolute_argv(argv, cfg), cfg.log_file)
-    setup_logging(cfg.log_level, cfg.log_file, background=args.ready_fd is not None)
-    if not cfg.storage.verify_tls:
-        log.warning("TLS certificate verification is OFF (--no-verify-tls): connections to %s "
-                    "can be intercepted", cfg.storage.endpoint_url)
+        setup_logging(cfg.log_level, None, terse=True)
+        _warn_if_insecure(cfg)  # here on the terminal, and again in the daemon's log
+        started = run_background(_absolute_argv(argv, cfg), cfg)
+        for mount in cfg.mounts:
+            print(f"mounted {mount.source} on {mount.mountpoint}"
+                  + (" (offline: from the cache only)" if cfg.offline else ""))
+        print(f"daemon pid {started.pid}, log {started.log}")
+        return 0
+    setup_logging(cfg.log_level, cfg.log_file)
+    _warn_if_insecure(cfg)
     from ..daemon import run_foreground
 
     return run_foreground(cfg, args.ready_fd)
+
+
+def _warn_if_insecure(cfg: Config) -> None:
+    if not cfg.storage.verify_tls:
+        log.warning("TLS certificate verification is OFF (--no-verify-tls): connections to %s "
+                    "can be intercepted", cfg.storage.endpoint_url)
 
 
 def _absolute_argv(argv: list[str], cfg: Config) -> list[str]:
@@ -77,14 +89,19 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
 
 def _umount_one(mp: str) -> int:
+    """Unmount ``mp``; if that was its daemon's last mount, wait (up to 15 s) until it exits."""
     from ..daemon import mount_state, unmount
 
     state = mount_state(mp)
-    pid = _daemon_pid(mp) if state == "mounted" else None
+    daemon = daemon_stats(mp) if state == "mounted" else {}
     if not unmount(mp, lazy=state == "stale"):
         raise ZipmountError(f"{mp} is busy (files open?); close them or retry")
+    pid = daemon.get("pid")
+    if any(other != mp and mount_state(other) == "mounted"
+           for other in daemon.get("mountpoints", [])):
+        return 0  # the daemon goes on serving its other mounts
     deadline = time.monotonic() + 15
-    while pid and _running(pid) and time.monotonic() < deadline:
+    while pid and _running(int(pid)) and time.monotonic() < deadline:
         time.sleep(0.02)  # the daemon exits once its last mount is gone
     return 0
 
@@ -97,9 +114,9 @@ def _running(pid: int) -> bool:
     return stat_line.rpartition(")")[2].split()[0] != "Z"  # a zombie has exited
 
 
-def _daemon_pid(mountpoint: str) -> int | None:
-    """The pid of the zipmount daemon serving ``mountpoint`` (from its stats xattr)."""
+def daemon_stats(mountpoint: str) -> dict:
+    """The stats of the zipmount daemon serving ``mountpoint`` (its pid, its mountpoints)."""
     try:
-        return int(json.loads(os.getxattr(mountpoint, STATS_XATTR))["pid"])
-    except (OSError, ValueError, KeyError):
-        return None
+        return dict(json.loads(os.getxattr(mountpoint, STATS_XATTR)))
+    except (OSError, ValueError):
+        return {}

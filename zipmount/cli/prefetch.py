@@ -1,8 +1,10 @@
 """``zipmount prefetch``: warm the cache by reading the files of a mount, archive by archive.
 
-The paths are split into archives (directories whose names end with a suffix, as a prefix mount
-shows them; a path with none below it is one archive), which are read by ``--jobs`` threads at
-once, each archive by one thread in name order so that the daemon's read-ahead follows it.
+The paths (on a zipmount mount) are split into archives (directories whose names end with a
+suffix, as a prefix mount shows them; a path with none below it is one archive) and, beside
+them, the directories of other files, which are read by ``--jobs`` threads at once, each by one
+thread in name order so that the daemon's read-ahead follows it. An archive that vanishes during
+the run (replaced or deleted on the server) is reported and the run fails; the others go on.
 ``--metadata-only`` lists every archive (the daemon loads and persists its index) and reads only
 its zarr metadata files (``ZARR_METADATA``: a few hundred bytes each, next to one another), so a
 reader's first chunk of an archive costs one request. An interrupted run leaves a journal of the
@@ -34,15 +36,25 @@ ZARR_METADATA = frozenset({".zgroup", ".zarray", ".zattrs", ".zmetadata", "zarr.
 
 @dataclass
 class Unit:
-    """One archive (or one file or subtree) to prefetch."""
+    """One archive (or one file or subtree, or the loose files of one directory) to prefetch."""
 
     path: str
     files: list[str] = field(default_factory=list)
     size: int = 0
+    archive: bool = True  # False: files beside archives, listed when found
+    listed: bool = False
 
-    def identity(self) -> str:
-        st = os.stat(self.path)
+    def identity(self) -> str | None:
+        """What the journal records; None once the path is gone."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
         return f"{self.path}\t{st.st_size}\t{st.st_mtime_ns}"
+
+
+class Vanished(Exception):
+    """The unit's path disappeared during the run."""
 
 
 class Progress:
@@ -102,7 +114,8 @@ class RateLimit:
 
 
 def find_units(paths: list[str], suffixes: tuple[str, ...]) -> list[Unit]:
-    """The archives below ``paths`` (never listing inside one: that would load its index)."""
+    """The archives below ``paths`` (never listing inside one: that would load its index), and
+    the files beside them."""
     units: list[Unit] = []
     for path in paths:
         if not os.path.lexists(path):
@@ -111,28 +124,58 @@ def find_units(paths: list[str], suffixes: tuple[str, ...]) -> list[Unit]:
             units.append(Unit(path))
             continue
         found = list(_archive_dirs(path, suffixes))
-        units.extend(Unit(p) for p in found) if found else units.append(Unit(path))
+        if any(u.archive for u in found):
+            units.extend(found)
+        else:  # no archive below: the path is one (or a part of one)
+            units.append(Unit(path))
     return units
 
 
-def _archive_dirs(top: str, suffixes: tuple[str, ...]) -> Iterator[str]:
+def _archive_dirs(top: str, suffixes: tuple[str, ...]) -> Iterator[Unit]:
+    """The archive directories below ``top``, and a unit of the regular files of each directory
+    on the way (a file beside an archive is read too)."""
     try:
         entries = sorted(os.scandir(top), key=lambda e: e.name)
     except OSError as exc:
         raise ZipmountError(f"{top}: {exc.strerror}") from None
+    loose = Unit(top, archive=False, listed=True)
     for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            if entry.name.lower().endswith(suffixes):
-                yield entry.path
-            else:
-                yield from _archive_dirs(entry.path, suffixes)
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                if entry.name.lower().endswith(suffixes):
+                    yield Unit(entry.path)
+                else:
+                    yield from _archive_dirs(entry.path, suffixes)
+            elif entry.is_file(follow_symlinks=False):
+                loose.files.append(entry.path)
+                loose.size += entry.stat(follow_symlinks=False).st_size
+        except OSError as exc:
+            raise ZipmountError(f"{entry.path}: {exc.strerror}") from None
+    if loose.files:
+        yield loose
+
+
+def on_a_zipmount_mount(path: str) -> bool:
+    """True if ``path`` lies on a mount whose daemon answers as zipmount."""
+    from ..stats import STATS_XATTR
+
+    mount = os.path.realpath(path)
+    while not os.path.ismount(mount):
+        mount = os.path.dirname(mount)
+    try:
+        os.getxattr(mount, STATS_XATTR)
+    except OSError:
+        return False
+    return True
 
 
 def _list_files(unit: Unit) -> None:
+    if unit.listed:
+        return
     if not os.path.isdir(unit.path):
         unit.files, unit.size = [unit.path], os.stat(unit.path).st_size
         return
-    for dirpath, dirnames, names in os.walk(unit.path):
+    for dirpath, dirnames, names in os.walk(unit.path, onerror=_raise):
         dirnames.sort()
         for name in sorted(names):
             full = os.path.join(dirpath, name)
@@ -142,13 +185,29 @@ def _list_files(unit: Unit) -> None:
                 unit.size += st.st_size
 
 
+def _say(progress: Progress, text: str) -> None:
+    print(f"{chr(10) if progress.tty else ''}zipmount: prefetch {text}", file=sys.stderr)
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
 def _prefetch_unit(unit: Unit, metadata_only: bool, progress: Progress, limit: RateLimit,
                    stop: threading.Event) -> bool:
-    """Read one archive; True if every file of it was read."""
+    """Read one archive; True if every file of it was read. Raises Vanished if it is gone."""
     try:
         _list_files(unit)
     except OSError as exc:
-        print(f"\nzipmount: prefetch {unit.path}: {exc.strerror}", file=sys.stderr)
+        if not os.path.lexists(unit.path):
+            raise Vanished(unit.path) from None
+        _say(progress, f"{unit.path}: {exc.strerror}")
+        progress.add(failed=1)
+        return False
+    if unit.archive and os.path.isdir(unit.path) and not unit.files:
+        # What a prefix mount shows for an archive it cannot open (the reason is in its log).
+        _say(progress, f"{unit.path}: the archive shows no files (unreadable? see "
+                       "`zipmount logs MOUNTPOINT`)")
         progress.add(failed=1)
         return False
     if metadata_only:
@@ -165,13 +224,14 @@ def _prefetch_unit(unit: Unit, metadata_only: bool, progress: Progress, limit: R
                     limit.took(n)
             progress.add(files=1)
         except OSError as exc:
+            if not os.path.lexists(unit.path):
+                raise Vanished(unit.path) from None
             ok = False
             progress.add(failed=1)
-            print(f"{chr(10) if progress.tty else ''}zipmount: prefetch {name}: {exc.strerror}",
-                  file=sys.stderr)
+            _say(progress, f"{name}: {exc.strerror}")
     if stop.is_set():
         return False
-    progress.add(archive=True)
+    progress.add(archive=unit.archive)
     return ok
 
 
@@ -187,6 +247,10 @@ def cmd_prefetch(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     suffixes = tuple(s.lower() for s in (args.suffixes or DEFAULT_SUFFIXES))
+    for path in args.paths:
+        if os.path.lexists(path) and not on_a_zipmount_mount(path):
+            raise UsageError(f"{path} is not on a zipmount mount: prefetch warms a mount's cache "
+                             "by reading through it (zipmount mount SOURCE MOUNTPOINT first)")
     units = find_units(args.paths, suffixes)
     journal = journal_path(args.paths, args.metadata_only)
     done_before: set[str] = set()
@@ -199,10 +263,11 @@ def cmd_prefetch(args: argparse.Namespace) -> int:
         else:
             todo.append(unit)
     journal.parent.mkdir(parents=True, exist_ok=True)
-    progress = Progress(len(todo), sys.stderr.isatty())
+    progress = Progress(sum(u.archive for u in todo), sys.stderr.isatty())
     limit = RateLimit(args.max_rate)
     stop = threading.Event()
     complete = True
+    vanished: list[str] = []
     with open(journal, "a" if done_before and not args.restart else "w") as log, \
             ThreadPoolExecutor(args.jobs, thread_name_prefix="prefetch") as pool:
         pending: dict[Future[bool], Unit] = {
@@ -213,18 +278,28 @@ def cmd_prefetch(args: argparse.Namespace) -> int:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     unit = pending.pop(fut)
-                    if fut.result():
-                        log.write(unit.identity() + "\n")
-                        log.flush()
-                    else:
+                    try:
+                        read_all = fut.result()
+                    except Vanished:
+                        read_all = False
+                        vanished.append(unit.path)
+                        _say(progress, f"{unit.path}: vanished during the run (deleted or "
+                                       "replaced on the server?)")
+                    identity = unit.identity() if read_all else None
+                    if identity is None:
                         complete = False
-        except KeyboardInterrupt:
+                    else:
+                        log.write(identity + "\n")
+                        log.flush()
+        except BaseException as exc:  # Ctrl-C, or a bug: the workers stop reading at once
             stop.set()
             for fut in pending:
                 fut.cancel()
+            if not isinstance(exc, KeyboardInterrupt):
+                raise
             if progress.tty:
                 print(file=sys.stderr)
-            print(f"zipmount: interrupted after {progress.done_archives} of {len(todo)} "
+            print(f"zipmount: interrupted after {progress.done_archives} of {progress.archives} "
                   "archives; run the same command again to go on", file=sys.stderr)
             return 130
     if progress.tty:
@@ -235,5 +310,6 @@ def cmd_prefetch(args: argparse.Namespace) -> int:
     extra = f", {skipped} done before" if skipped else ""
     print(f"prefetched {progress.files} files, {progress.bytes / 2**20:.1f} MiB in {secs:.1f} s "
           f"({progress.done_archives} archives{extra})"
-          + (f", {progress.failed} failed" if progress.failed else ""))
-    return 1 if progress.failed else 0
+          + (f", {progress.failed} failed" if progress.failed else "")
+          + (f", {len(vanished)} vanished" if vanished else ""))
+    return 1 if progress.failed or vanished else 0

@@ -10,6 +10,8 @@ from ..config import (
     Config,
     FuseOptions,
     apply_env_file,
+    check_ca_bundle,
+    check_endpoint_url,
     default_cache_dir,
     load_config,
     parse_size,
@@ -38,8 +40,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         s.secret_key = os.environ.get("STORAGE_SECRET_KEY")
     if not s.endpoint_url and os.environ.get("ENDPOINT_FULL"):
         s.endpoint_url = os.environ["ENDPOINT_FULL"]
-    if s.ca_bundle and not os.path.isfile(s.ca_bundle):
-        raise UsageError(f"CA bundle {s.ca_bundle} not found")
+    if s.endpoint_url:
+        check_endpoint_url(s.endpoint_url, "endpoint")
+    if s.ca_bundle:
+        check_ca_bundle(s.ca_bundle, "CA bundle")
     c = cfg.cache
     if getattr(args, "cache_dir", None):
         c.dir = args.cache_dir
@@ -56,7 +60,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if getattr(args, "log_level", None):
         cfg.log_level = args.log_level.upper()
     if getattr(args, "log_file", None):
-        cfg.log_file = args.log_file
+        cfg.log_file = os.path.abspath(args.log_file)
+    cfg.offline = bool(getattr(args, "offline", False))
     return cfg
 
 

@@ -46,6 +46,11 @@ class Source:
         self._async = False
         self._known: dict[str, dict[str, Any]] = {}  # path -> details given by the caller
 
+    @property
+    def timeout(self) -> float:
+        """The deadline of every call (``--timeout``, or the fsspec filesystem's)."""
+        return self.options.timeout
+
     # -- construction -------------------------------------------------------------------------
 
     @classmethod
@@ -127,6 +132,9 @@ class Source:
 
     def _info(self, timeout: float, path: str) -> dict[str, Any]:
         fs = self.fs
+        # A caller's filesystem (fsspec's fo=s3.open(...)) may answer from its listings
+        # cache: a revalidation must ask the server.
+        fs.invalidate_cache(path)
         if self._async:
             return self._run(timeout, fs._info(path))
         return fs.info(path)

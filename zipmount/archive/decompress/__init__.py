@@ -1,8 +1,8 @@
 """Decompression of zip members in bounded memory with cheap random access: bounded decoders
 (:mod:`.decoders`), checkpoints of deflate streams (:mod:`.checkpoints`), per-handle streams
 with a window of recent output (:mod:`.streams`) and the streams of closed handles
-(:mod:`.park`) under one memory budget (:mod:`.budget`), all shared through one
-:class:`Decoding` per engine."""
+(:mod:`.park`) under one memory budget (:mod:`.budget`), decoded cells in the block cache for
+random reads (:mod:`.cells`), all shared through one :class:`Decoding` per engine."""
 
 from .budget import DECODER_MEMORY, DecoderBudget, DecoderMemoryBusy
 from .checkpoints import Checkpoint, CheckpointStore

@@ -44,6 +44,15 @@ class Holder(Protocol):
         ...
 
 
+class Pinned:
+    """A charge that cannot be dropped: a decode that runs to its end."""
+
+    parked = False
+
+    def try_drop(self) -> bool:
+        return False
+
+
 class DecoderBudget:
     """The decoder memory of one engine (see the module): ``used`` never passes ``capacity``
     but for one charge alone bigger than it; ``peak`` is the most ever used."""

@@ -1,7 +1,8 @@
 """Checkpoints of deflated members: copies of a decoder's state for cheap random access.
 
-Every ``spacing`` bytes of output (CHECKPOINT_EVERY, or more for members so big that they would
-need over CHECKPOINTS_PER_MEMBER) a stream records a copy of its decoder
+Every ``spacing`` bytes of output (CHECKPOINT_EVERY, or a multiple of it for members so big that
+they would need over CHECKPOINTS_PER_MEMBER; exactly at the multiples of the spacing, so that a
+decode of an aligned range starts at a checkpoint) a stream records a copy of its decoder
 (``zlib.decompressobj().copy()``, ~35 KiB) with the compressed offset and the CRC-32 at that
 point, as indexed_gzip and ratarmount do for gzip. Checkpoints belong to the member, not the
 handle: every handle of the member, also one opened later, starts from the nearest one at or
@@ -21,9 +22,15 @@ from dataclasses import dataclass
 from .decoders import Decoder
 
 CHECKPOINT_EVERY = 2 * 1024 * 1024
-CHECKPOINTS_PER_MEMBER = 128
+CHECKPOINTS_PER_MEMBER = 256  # 2 MiB apart up to 512 MiB members (~10 MiB of checkpoints)
 CHECKPOINT_COST = 40 * 1024  # what one zlib decoder copy takes (measured ~35 KiB)
 CHECKPOINT_BUDGET = 32 * 1024 * 1024
+
+
+def checkpoint_spacing(size: int) -> int:
+    """Output bytes between the checkpoints of a member of ``size`` bytes."""
+    stretches = -(-size // (CHECKPOINT_EVERY * CHECKPOINTS_PER_MEMBER))
+    return CHECKPOINT_EVERY * max(1, stretches)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .budget import DecoderBudget
+from .cells import CellFills
 from .checkpoints import CheckpointStore
 from .park import StreamPark
 
@@ -18,8 +19,10 @@ class Decoding:
     checkpoints: CheckpointStore = field(default_factory=CheckpointStore)
     park: StreamPark = field(default_factory=StreamPark)
     budget: DecoderBudget = field(default_factory=DecoderBudget)
+    fills: CellFills = field(default_factory=CellFills)
 
     def close(self) -> None:
-        """Free what closed handles left behind (the engine closes)."""
+        """Free what closed handles left behind and stop filling (the engine closes)."""
+        self.fills.close()
         self.park.clear()
         self.budget.clear()

@@ -22,9 +22,9 @@ order, restarted at every backward step). Here:
   from the member's start — unless the member gets a *spill file* (``Archive.spill_path``):
   with a disk cache, a bzip2/LZMA member of at least SPILL_MIN bytes (and at most a quarter of
   the disk cache) is decompressed once into the disk cache at its first such step, or at a
-  handle's first read beyond WINDOW, and read from there. Deflate members never spill:
-  checkpoints give random access in memory at a few ms per read, without writing the whole
-  member to disk first nor evicting cached blocks for it. Without a disk cache (or when the
+  handle's first read beyond WINDOW, and read from there. Deflate members never spill: their
+  random reads are served from decoded cells in the block cache (:mod:`.cells`), each made
+  once from a checkpoint. Without a disk cache (or when the
   spill cannot be written), random access into a big bzip2/LZMA member costs a decompression
   from its start per backward jump: bounded memory, unbounded time.
 """
@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING
 
 from ...errors import ArchiveError
 from ..readahead import Prefetcher, readahead_max
-from .checkpoints import CHECKPOINT_EVERY, CHECKPOINTS_PER_MEMBER, Checkpoint, CheckpointStore
+from .budget import Pinned
+from .checkpoints import Checkpoint, CheckpointStore, checkpoint_spacing
 from .decoders import CORRUPT_DATA, crc32, decoder_memory, make_decoder
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ class Stream:
         # fetched at once (in parallel requests) instead of read-ahead guessed from the reads.
         following = checkpoints.following(member, self.out_pos) if start and checkpoints else None
         self.known_until = following.in_pos if following is not None else 0
-        self.spacing = max(CHECKPOINT_EVERY, -(-entry.size // CHECKPOINTS_PER_MEMBER))
+        self.spacing = checkpoint_spacing(entry.size)
         self.copyable = checkpoints is not None and entry.method == zipfile.ZIP_DEFLATED
         self.fed_last = False  # the end of the input was fed once already
 
@@ -114,7 +115,10 @@ class Stream:
                 else:
                     self.fed_last = True  # one call without input: output the decoder holds
             try:
-                out = self.decoder.decompress(data, min(PIECE, size - self.out_pos))
+                # Pieces end at multiples of the spacing: checkpoints fall exactly there.
+                limit = min(PIECE, size - self.out_pos,
+                            self.spacing - self.out_pos % self.spacing)
+                out = self.decoder.decompress(data, limit)
             except CORRUPT_DATA as exc:
                 raise self._fail(f"corrupt compressed data ({exc})") from None
             if out:
@@ -134,18 +138,9 @@ class Stream:
         return out
 
 
-class _Pinned:
-    """A charge that cannot be dropped: a decode that runs to its end."""
-
-    parked = False
-
-    def try_drop(self) -> bool:
-        return False
-
-
 def member_chunks(view: MemberView, budget: DecoderBudget) -> Iterator[bytes]:
     """The whole member, decompressed and checked, in pieces of at most PIECE bytes."""
-    charge = _Pinned()
+    charge = Pinned()
     budget.charge(charge, decoder_memory(view.entry) + PIECE)
     try:
         stream = Stream(view, None)
@@ -196,6 +191,14 @@ class MemberStream:
     def position(self) -> int:
         """Where the stream is (what the next decoded byte's offset would be)."""
         return self.stream.out_pos if self.stream is not None else 0
+
+    def continues(self, offset: int) -> bool:
+        """Whether a read at ``offset`` is served by going on: from the window, a little ahead
+        of it, or (no stream yet) near the member's start."""
+        with self._lock:
+            if self.stream is None:
+                return offset < WINDOW
+            return self.window_start <= offset <= self.position + PIECE
 
     def needs_restart(self, offset: int) -> bool:
         """Whether a read at ``offset`` would decompress from the member's start to get there
