@@ -236,6 +236,7 @@ def s3(tmp_path_factory):
         yield s
 
 
+@pytest.mark.fuse
 def test_a_replaced_archive_never_serves_its_old_decoded_bytes(s3, tmp_path):
     old, new = LIBRARY, text(17, len(LIBRARY))  # same name, size and offset; other bytes
     key = "members/library.zip"
