@@ -40,13 +40,13 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
-# the tests that need neither a FUSE mount nor an S3 server (markers set in tests/conftest.py),
-# one process per CPU
+# the tests that need neither a FUSE mount nor an S3 server, but the reference model's (~2 min)
+# (markers set in tests/conftest.py), one process per CPU
 unit: system-deps $(VENV)/.installed
-	$(PYTEST) tests -m "not fuse and not s3" -n auto
+	$(PYTEST) tests -m "not fuse and not s3 and not model" -n auto
 
 test: system-deps venv lint typecheck unit
-	$(PYTEST) tests -m "fuse or s3"
+	$(PYTEST) tests -m "fuse or s3 or model"
 
 demo: system-deps $(VENV)/.installed
 	$(VENV)/bin/python scripts/demo.py
