@@ -69,6 +69,8 @@ FIXTURE_MARKS = ("fuse", "s3")
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "fuse: mounts a real FUSE file system (FAILS without FUSE)")
     config.addinivalue_line("markers", "s3: talks to a real S3 server process on loopback")
+    config.addinivalue_line("markers", "model: the reference-model state machines (tests/model), "
+                            "below FUSE and S3 but ~2 min")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -19,6 +19,7 @@ import functools
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import fsspec
-from fsspec.spec import AbstractBufferedFile, AbstractFileSystem, make_instance
+from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 from fsspec.utils import stringify_path
 
 from .config import CacheConfig, default_cache_dir, parse_size
@@ -143,7 +144,7 @@ class ZipmountFileSystem(AbstractFileSystem):
         return self._tree
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return make_instance, (type(self), (), {**self._options, "pinned": _pins(self.tree)})
+        return _restore, (type(self), self._options, _pins(self.tree))
 
     @classmethod
     def _strip_protocol(cls, path: Any) -> Any:
@@ -304,6 +305,26 @@ class ZipmountFile(AbstractBufferedFile):
     def close(self) -> None:
         super().close()
         self.reader.close()
+
+
+# Filesystems restored from pickles in this process, by options and pinned versions: a Dask
+# worker unpickles one per task, and must not build a tree (and load an index) for each.
+_restored: weakref.WeakValueDictionary[str, ZipmountFileSystem] = weakref.WeakValueDictionary()
+_restored_lock = threading.Lock()
+
+
+def _restore(cls: type[ZipmountFileSystem], options: dict[str, Any],
+             pinned: dict[str, Any]) -> ZipmountFileSystem:
+    """The filesystem a pickle stands for: the one already restored in this process with the
+    same options and versions, else a new one serving those versions."""
+    key = fsspec.utils.tokenize(cls, os.getpid(), options, pinned["objects"], pinned["single"])
+    with _restored_lock:
+        fs = _restored.get(key)
+    if fs is None:
+        fs = cls(**options, pinned=pinned)
+        with _restored_lock:
+            fs = _restored.setdefault(key, fs)
+    return fs
 
 
 def _pins(tree: Tree) -> dict[str, Any]:

@@ -60,5 +60,6 @@ class Store(Protocol):
 
     def read(self, obj: ObjectInfo, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` (clipped to the size) of exactly version ``obj``; raises
-        ``ObjectChanged`` if the store no longer has that version."""
+        ``ObjectChanged`` if the store no longer has that version, replaced or deleted (a
+        reader pinned to it gets ESTALE, never ENOENT from a read)."""
         ...

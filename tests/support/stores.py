@@ -3,8 +3,8 @@
 :class:`MemoryStore` is a :class:`zipmount.store.Store` of objects held in memory, each version
 with its own ETag (the MD5 of its bytes, quoted, as S3 gives for a single-part upload); it can
 ``put``, ``replace`` and ``delete`` objects, and answers a read pinned to a version it no
-longer has as S3 answers a range GET with ``If-Match``: ``ObjectChanged`` (412) if the object
-was replaced, ``ObjectNotFound`` (404) if it was deleted.
+longer has as the source does: ``ObjectChanged`` (ESTALE), whether the object was replaced
+(S3 answers 412 to ``If-Match``) or deleted (404).
 
 :class:`FaultyStore` wraps any store and, per its current *rule*, answers calls with a fault.
 The rules work as those of the TCP fault proxy (``tests/robust/faultproxy.py``): a rule is a
@@ -106,7 +106,7 @@ class MemoryStore:
         with self._lock:
             got = self._objects.get(obj.path)
             if got is None:
-                raise ObjectNotFound(f"object not found: {obj.path}")
+                raise ObjectChanged(f"read {obj.path}: the object was deleted on the server")
             info, data = got
             if (info.etag, info.size) != (obj.etag, obj.size):
                 raise ObjectChanged(f"read {obj.path}: the object changed on the server "
@@ -208,13 +208,21 @@ class FaultyStore:
         """Apply ``rule`` inside the block (the log is cleared first); hung and delayed calls
         are released when it ends."""
         self.clear()
-        self._released.clear()
-        self.rule = rule
+        self.start(rule)
         try:
             yield self
         finally:
-            self.rule = None
-            self._released.set()
+            self.lift()
+
+    def start(self, rule: Rule) -> None:
+        """Apply ``rule`` from now on (until :meth:`lift`)."""
+        self._released.clear()
+        self.rule = rule
+
+    def lift(self) -> None:
+        """No more faults; hung and delayed calls are released."""
+        self.rule = None
+        self._released.set()
 
     def clear(self) -> None:
         with self._lock:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import ObjectChanged, SourceError
+from ..errors import ObjectChanged, ObjectNotFound, SourceError
 from ..stats import Stats
 from ..store import ObjectInfo
 from .errors import is_transient, translate_error
@@ -148,12 +148,16 @@ class Source:
     # -- data -----------------------------------------------------------------------------------
 
     def read(self, obj: ObjectInfo, start: int, end: int) -> bytes:
-        """Bytes ``[start, end)`` of exactly version ``obj``; raises ObjectChanged otherwise."""
+        """Bytes ``[start, end)`` of exactly version ``obj``; raises ObjectChanged otherwise (the
+        object replaced or deleted)."""
         end = min(end, obj.size)
         if start >= end:
             return b""
         t0 = time.monotonic()
-        data = self._call(f"read {obj.path} [{start}, {end})", self._read_once, obj, start, end)
+        try:
+            data = self._call(f"read {obj.path} [{start}, {end})", self._read_once, obj, start, end)
+        except ObjectNotFound:  # the version pinned is gone: stale, like a replaced one
+            raise ObjectChanged(f"read {obj.path}: the object was deleted on the server") from None
         if len(data) != end - start:
             if len(data) > end - start:
                 raise SourceError(f"read {obj.path}: the server ignored the Range header "
