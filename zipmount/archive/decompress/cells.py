@@ -167,8 +167,9 @@ class DecodedCells:
                 return
 
     def _decode(self, start: int, end: int) -> bytes:
-        """Decoded bytes ``[start, end)`` (within one cell): on from where the decode of the
-        cell before stopped (a fill, a reader going on), else from the checkpoint before."""
+        """Decoded bytes ``[start, end)`` (a cell or a few, as the block cache asks for them): on
+        from where the decode of the cell before stopped (a fill, a reader going on), else from
+        the checkpoint before."""
         member = self.view.version
         charge = Pinned()
         self.budget.charge(charge, decoder_memory(self.view.entry) + PIECE)
