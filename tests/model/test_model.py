@@ -159,7 +159,7 @@ class Model(RuleBasedStateMachine):
         if self.single:  # the door's root is the archive a.zip
             path = path.removeprefix(ARCHIVES[0]).lstrip("/")
         future = self.calls.submit(fn, path, *args)
-        op = what.split(" ", 1)[0]
+        op, t0 = what.split(" ", 1)[0], time.monotonic()
         try:
             result = future.result(timeout=DEADLINE)
             event(f"{op}: answered")
@@ -171,6 +171,10 @@ class Model(RuleBasedStateMachine):
             assert exc.errno is not None, f"{what} raised {exc!r} without an errno"
             event(f"{op}: {errno.errorcode.get(exc.errno, exc.errno)}")
             return None, exc.errno
+        finally:
+            took = (time.monotonic() - t0) / TIMEOUT
+            if took > 1:
+                event(f"a call took {'over 4' if took > 4 else '2-4' if took > 2 else '1-2'} x timeout")
 
     # -- observations ---------------------------------------------------------------------------------
 
