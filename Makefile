@@ -40,9 +40,10 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
-# the tests that need neither a FUSE mount nor an S3 server (markers set in tests/conftest.py)
+# the tests that need neither a FUSE mount nor an S3 server (markers set in tests/conftest.py),
+# one process per CPU
 unit: system-deps $(VENV)/.installed
-	$(PYTEST) tests -m "not fuse and not s3"
+	$(PYTEST) tests -m "not fuse and not s3" -n auto
 
 test: system-deps venv lint typecheck unit
 	$(PYTEST) tests -m "fuse or s3"

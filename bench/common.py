@@ -11,6 +11,11 @@ MB = 1e6
 MIB = 1 << 20
 
 
+def slug(delay: float) -> str:
+    """An endpoint's delay (a number or an :class:`Endpoint`) for file names."""
+    return getattr(delay, "slug", None) or f"{delay:g}"
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -46,6 +51,11 @@ class Endpoint(float):
 
     def __reduce__(self) -> tuple:
         return Endpoint, (float(self), self.rate_mbps)
+
+    @property
+    def slug(self) -> str:
+        """For file names: "20", "20-100MBps"."""
+        return f"{float(self):g}" + (f"-{self.rate_mbps:g}MBps" if self.rate_mbps else "")
 
     @property
     def label(self) -> str:

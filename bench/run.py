@@ -41,6 +41,10 @@ def parse_args(argv=None):
                     "serves one (default 100; 0 = none)")
     ap.add_argument("--cohort-procs", default="1,4,8",
                     help="sampler / DataLoader worker counts of the cohort step (default 1,4,8)")
+    ap.add_argument("--cohort-variants", default=None,
+                    help="comma-separated subset of the cohort step's variants (default: all of "
+                    "mount, mount-meta, seed, loader-mount, loader-mount-meta, loader-fsspec, "
+                    "loader-fsspec-meta that can run here)")
     ap.add_argument("--connect-delay-ms", type=float, default=0.0,
                     help="extra delay per new TCP connection through the proxy (default 0)")
     ap.add_argument("--contenders", default=",".join(ALL_CONTENDERS),

@@ -196,7 +196,7 @@ http {{
         listen 127.0.0.1:{port};
         root {root};
         location = /_status {{ stub_status; access_log off; }}
-        location / {{ autoindex off; }}
+        location / {{ autoindex off; try_files $uri =404; }}  # a directory is no key: 404, as S3
 {extra}
     }}
 }}

@@ -49,12 +49,14 @@ def _template(entries: int) -> bytes:
 
 BUCKET = "sweep"
 PREFIX = "recs/"
-# nginx does not list: every request for the bucket itself gets the static listing.
+# nginx does not list: every request for the bucket itself gets the static listing; the prefix
+# is no object (a HEAD of it is 404, as S3 answers, not nginx's 403 for a directory).
 LIST_LOCATION = f"""
         location ~ ^/{BUCKET}/?$ {{
             default_type application/xml;
             rewrite ^ /_list/{BUCKET}.xml break;
         }}
+        location = /{BUCKET}/{PREFIX} {{ return 404; }}
 """
 
 
@@ -117,8 +119,8 @@ def run(archives: int, entries: int, memory: str, index_memory: str, threads: in
         mp.mkdir()
         cmd = [str(ZIPMOUNT), "mount", where[0], str(mp), *where[1:], "--cache-dir",
                f"{tmp}/cache", "--memory", memory, "--index-memory", index_memory,
-               "--suffix", ".rkns", "--log-level", "WARNING"]
-        subprocess.run(cmd, check=True)
+               "--suffix", ".rkns", "--log-level", "WARNING", "--log-file", f"{tmp}/daemon.log"]
+        subprocess.run(cmd, check=True, stdout=sys.stderr)  # stdout is the result
         reaper.add_mount(str(mp))
         try:
             pid = int(_stats(str(mp))["pid"])

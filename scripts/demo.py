@@ -30,12 +30,13 @@ def step(text: str) -> None:
 
 
 def show_tree(root: Path, max_depth: int = 4, per_dir: int = 3) -> None:
-    """The tree under ``root``, every level down to ``max_depth``, ``per_dir`` entries a
-    directory (then how many more)."""
+    """The tree under ``root``, every level down to ``max_depth``: every entry of the top level,
+    ``per_dir`` entries of a directory below (then how many more)."""
 
     def walk(path: Path, depth: int) -> None:
         entries = sorted(path.iterdir(), key=lambda p: (not p.is_dir(), p.name))
-        for entry in entries[:per_dir]:
+        shown = entries if depth == 0 else entries[:per_dir]
+        for entry in shown:
             indent = "  " * (depth + 1)
             if entry.is_dir() and depth + 1 < max_depth:
                 print(f"  {indent}{entry.name}/")
@@ -45,8 +46,8 @@ def show_tree(root: Path, max_depth: int = 4, per_dir: int = 3) -> None:
                 print(f"  {indent}{entry.name}/  ({count} entr{'y' if count == 1 else 'ies'})")
             else:
                 print(f"  {indent}{entry.name}  ({entry.stat().st_size:,} bytes)")
-        if len(entries) > per_dir:
-            print(f"  {'  ' * (depth + 1)}... {len(entries) - per_dir} more")
+        if len(entries) > len(shown):
+            print(f"  {'  ' * (depth + 1)}... {len(entries) - len(shown)} more")
 
     print(f"  {root}/")
     walk(root, 0)
@@ -77,7 +78,7 @@ def main() -> int:
             "recordings/cohort-b/night2.rkns": rkns_v2_archive(seed=2).data,
             "recordings/v3/group.zip": zarr_v3_archive().data,
             "recordings/docs.zip": generic_archive().data,
-            "recordings/README.txt": b"not an archive: hidden by the mount\n",
+            "recordings/README.txt": b"not an archive: a plain file in the mount\n",
         }
         for key, data in uploads.items():
             s3.put_bytes("lab", key, data)
@@ -94,8 +95,8 @@ def main() -> int:
         print(f"  mounted in {time.monotonic() - t0:.2f} s (background daemon)")
         print("\n".join(f"  {line}" for line in out.stdout.splitlines()))
         try:
-            step("the tree (archives appear as directories, their members inside; README.txt "
-                 "is hidden)")
+            step("the tree (archives appear as directories, their members inside; README.txt, "
+                 "not an archive, as a plain file)")
             show_tree(mountpoint)
 
             step("zarr-python 2 DirectoryStore on the mount")

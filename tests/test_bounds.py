@@ -1,7 +1,7 @@
 """Resource bounds of a running daemon, measured from /proc of the real process.
 
 - memory stays bounded with a 100,000-entry archive and with 64 concurrent readers
-  (``--memory`` caps the block cache; the rest is the index, ~150 bytes per entry with names of
+  (``--memory`` caps the block cache; the rest is the index, ~85 bytes per entry with names of
   about 30 characters (``EntryTable.memory_bytes``), plus ~160 bytes per member read (what the
   archive remembers of it), and per-request buffers: each reader of a member up to 16 MiB fetches
   it whole, which costs a few times the member size while in flight, so the peak grows with

@@ -299,3 +299,13 @@ def test_under_systemd_a_background_mount_logs_to_the_journal(zm, tmp_path):
             assert cleanup([mp], [mp]) == []
     assert "mounted s3://data/single/stored.zip" in journal.read_text()
     assert not list(Path(env["XDG_STATE_HOME"]).rglob(f"*{mp.name}.log")), "a log file was made"
+
+
+def test_a_foreground_mount_prints_no_libfuse_thread_warning(zm):
+    """libfuse 3.14 warned "Ignoring invalid max threads value 4294967295" on every -f mount."""
+    with zm.mounted("s3://data/single/stored.zip") as h:
+        assert (h.mountpoint / "README.txt").read_bytes()
+        assert zm.run("umount", h.mountpoint).rc == 0
+        h.proc.wait(timeout=30)
+    assert "max threads" not in h.stderr(), h.stderr()
+    assert "mounted s3://data/single/stored.zip" in h.stderr(), h.stderr()

@@ -3,7 +3,7 @@ test server (and the in-process filesystem): copies out of the mount are usable,
 stay private, and mtimes are exactly the entries'.
 
 The archives of a tree are made here with Info-ZIP's ``zip -ry``; its ``unzip`` is the reference.
-The rule itself is in zipmount/archive/index.py's docstring and the README.
+The rule itself is in zipmount/archive/index/__init__.py's docstring and the README.
 """
 
 from __future__ import annotations

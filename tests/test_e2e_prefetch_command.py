@@ -57,14 +57,15 @@ def test_files_beside_a_suffix_named_subdirectory_are_read_too(zm, s3):
 
 def test_metadata_only_lists_every_archive_and_reads_only_its_zarr_metadata(zm, samples):
     archives = (samples.rkns_a, samples.rkns_b, samples.small_c)
-    metadata = sum(os.path.basename(name) in ZARR_METADATA for a in archives for name in a.files)
-    assert metadata > 0
+    metadata = [data for a in archives for name, data in a.files.items()
+                if os.path.basename(name) in ZARR_METADATA]
+    assert metadata
+    mib = sum(map(len, metadata)) / MiB
     with zm.mounted("s3://data/rec/") as h:
         r = zm.run("prefetch", h.mountpoint, "--metadata-only")
     assert r.rc == 0, r.describe()
-    m = re.search(rf"^prefetched {metadata} files, ([\d.]+) MiB in .* \(3 archives\)$", r.stdout,
-                  re.M)
-    assert m and float(m.group(1)) < 1, r.stdout  # metadata files only, never the chunks
+    assert re.search(rf"^prefetched {len(metadata)} files, {mib:.1f} MiB in .* \(3 archives\)$",
+                     r.stdout, re.M), r.stdout
 
 
 def test_a_broken_archive_in_a_prefix_mount_is_reported_not_counted(zm):
@@ -148,3 +149,14 @@ def test_an_interrupted_prefetch_goes_on_where_it_stopped(zm, s3, state_home):
 
         r = zm.run("prefetch", mp, timeout=120)
         assert "(8 archives)" in r.stdout, r.stdout
+
+
+def test_a_mount_whose_daemon_is_gone_is_named_with_the_way_out(zm, state_home):
+    with zm.mounted("s3://data/rec/") as h:
+        h.proc.kill()
+        h.proc.wait(timeout=10)
+        r = zm.run("prefetch", h.mountpoint / "a.rkns")
+        assert_one_line_error(r, rf"the daemon of {re.escape(str(h.mountpoint))} is gone; clean "
+                                 rf"it with `zipmount umount {re.escape(str(h.mountpoint))}`")
+        assert not journal_path([str(h.mountpoint / "a.rkns")], False).exists()
+        assert zm.run("umount", h.mountpoint).rc == 0

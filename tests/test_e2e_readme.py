@@ -5,6 +5,7 @@ are replaced by the test's own (bucket `eeg` holds a cohort like the README's)."
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import re
@@ -118,6 +119,9 @@ def test_the_use_block_runs_as_written(zm, cohort, place, tmp_path):
             assert re.search(r"prefetched \d+ files, .*\(2 archives\)", r.stdout), said
         else:
             assert r.returncode == 0, said
+        if command.startswith("sha256sum"):
+            assert r.stdout.startswith(hashlib.sha256(cohort.get_bytes(
+                "eeg", "cohort-a/sub/night2.rkns")).hexdigest()), said
         if command.startswith("python -c"):
             assert "signal (4, 5000) float32" in r.stdout, said
     assert mounts_under(tmp_path) == [], "the block's umount lines left a mount"

@@ -476,6 +476,8 @@ def test_ls_find_glob_info_and_walk_answer_in_the_form_they_were_asked(zmfs, sam
         assert walked == {lead + k for k in below}, lead
         assert fs.cat(lead + name) == files[name]
     assert {d["name"] for d in fs.ls("/")} == {f"/{c}" for c in samples.rkns_a.children("")}
+    assert set(fs.find("/")) == {f"/{k}" for k in files}
+    assert fs.info("/")["type"] == "directory" and fs.exists("/signals")
 
 
 def _zarr_v2_members(files: dict[str, bytes]) -> list[str]:
@@ -557,6 +559,16 @@ def test_an_unpickled_copy_reads_the_version_its_parent_pinned_or_fails_stale(s3
     assert r.stdout_bytes == old_files["b.bin"] or \
         r.stdout == f"errno {errno.ESTALE}\n", r.stdout_bytes[:80]
     assert parent.cat_file(names[1]) == old_files["b.bin"]  # the parent still serves v1
+
+
+def test_unpickling_in_one_process_builds_one_filesystem_per_pinned_version(zmfs, samples):
+    """A Dask worker unpickles the filesystem for every task: one tree, not one per task."""
+    fs = zmfs("s3://data/single/stored.zip")
+    copies = [pickle.loads(pickle.dumps(fs)) for _ in range(3)]
+    assert copies[0] is copies[1] is copies[2] and copies[0] is not fs
+    assert copies[0].tree.slot.obj == fs.tree.slot.obj
+    name = sorted(samples.stored.files)[0]
+    assert copies[0].cat_file(name) == samples.stored.files[name]
 
 
 def _read_spread(f, size: int) -> list[bytes]:

@@ -231,27 +231,28 @@ def test_concurrent_random_readers_of_one_deflated_member_get_the_right_bytes(lo
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
+def st(tmp_path_factory):
+    """An S3 server, and mounts of it (the name marks the tests fuse and s3)."""
     with stack(tmp_path_factory.mktemp("members-s3")) as s:
         yield s
 
 
-def test_a_replaced_archive_never_serves_its_old_decoded_bytes(s3, tmp_path):
+def test_a_replaced_archive_never_serves_its_old_decoded_bytes(st, tmp_path):
     old, new = LIBRARY, text(17, len(LIBRARY))  # same name, size and offset; other bytes
     key = "members/library.zip"
-    s3.put(key, raw_zip([member("lib.so", DEFLATE, old)]))
+    st.put(key, raw_zip([member("lib.so", DEFLATE, old)]))
     offsets = random.Random(18).sample(range(len(old) - 4096), 30)
     cache = tmp_path / "cache"
-    with s3.mounted(key, "--ttl", "2", "--cache-dir", str(cache)) as h:
+    with st.mounted(key, "--ttl", "2", "--cache-dir", str(cache)) as h:
         path = h.mountpoint / "lib.so"
         for offset in offsets:
             assert read_direct(path, offset, 4096) == old[offset: offset + 4096]
         assert list(cache.glob("files/*/*m*.65536.*/*.run")), "no decoded cell was kept"
-        s3.put(key, raw_zip([member("lib.so", DEFLATE, new)]))
+        st.put(key, raw_zip([member("lib.so", DEFLATE, new)]))
         assert wait_for(lambda: _reads(path, 0) == new[:4096], 20, 0.2), "never saw the new one"
         for offset in offsets:  # all were cached decoded: the new version is decoded anew
             assert read_direct(path, offset, 4096) == new[offset: offset + 4096], offset
-    with s3.mounted(key, "--cache-dir", str(cache)) as h:  # a remount on the same cache
+    with st.mounted(key, "--cache-dir", str(cache)) as h:  # a remount on the same cache
         for offset in offsets:
             assert read_direct(h.mountpoint / "lib.so", offset, 4096) == \
                 new[offset: offset + 4096], offset

@@ -115,7 +115,7 @@ def test_mount_from_an_fstab_line(helper_link, tmp_path, service_config, samples
         r = run(["mount", "--fstab", str(fstab), str(mp)], env=clean_env(), timeout=90)
         assert r.rc == 0, r.describe()
         assert is_mounted(mp) and mount_fstype(mp) == "fuse.zipmount"
-        assert sorted(os.listdir(mp)) == ["a.rkns", "c.zip", "sub"]
+        assert sorted(os.listdir(mp)) == ["a.rkns", "c.zip", "notes.txt", "sub"]
         name, content = _a_file(samples.small_c)
         assert (mp / "c.zip" / name).read_bytes() == content
         # `mount -a` skips noauto lines: nothing is mounted twice.

@@ -199,7 +199,7 @@ def test_ready_only_when_every_mount_answers_then_stopping_on_signal(tmp_path, s
             stored = samples.stored
             name, content = next((n, c) for n, c in stored.files.items() if c)
             assert (mps[0] / name).read_bytes() == content
-            assert sorted(os.listdir(mps[1])) == ["a.rkns", "c.zip", "sub"]
+            assert sorted(os.listdir(mps[1])) == ["a.rkns", "c.zip", "notes.txt", "sub"]
 
             d.signal(SIGNALS[signame])
             listener.wait_for("STOPPING=1", timeout=30)

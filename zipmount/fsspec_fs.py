@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -25,16 +27,15 @@ from datetime import datetime, timezone
 from typing import Any
 
 import fsspec
-from fsspec.spec import AbstractBufferedFile, AbstractFileSystem, make_instance
+from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 from fsspec.utils import stringify_path
 
-from .archive import MemberReader
 from .config import CacheConfig, default_cache_dir, parse_size
 from .engine import Engine
 from .errors import NotADirectory, UsageError, ZipmountError
 from .source import with_s3_settings
 from .store import ObjectInfo
-from .tree import DEFAULT_SUFFIXES, Node, Tree, View, view_of
+from .tree import DEFAULT_SUFFIXES, FileReader, Node, Tree, View, view_of
 
 _TYPES = {"dir": "directory", "file": "file", "link": "link"}
 _MAX_WORKERS = 16  # concurrent member reads of one cat/cat_ranges call
@@ -143,7 +144,7 @@ class ZipmountFileSystem(AbstractFileSystem):
         return self._tree
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return make_instance, (type(self), (), {**self._options, "pinned": _pins(self.tree)})
+        return _restore, (type(self), self._options, _pins(self.tree))
 
     @classmethod
     def _strip_protocol(cls, path: Any) -> Any:
@@ -210,7 +211,7 @@ class ZipmountFileSystem(AbstractFileSystem):
 
     # -- data -------------------------------------------------------------------------------------
 
-    def _reader(self, path: str) -> MemberReader:
+    def _reader(self, path: str) -> FileReader:
         with _boundary():
             return self.tree.open(path.strip("/"))
 
@@ -243,7 +244,7 @@ class ZipmountFileSystem(AbstractFileSystem):
         paths = self.expand_path(path, recursive=recursive)
         if not (len(paths) > 1 or isinstance(path, list) or paths[0] != self._strip_protocol(path)):
             return self.cat_file(paths[0], **kwargs)
-        results = _gather([lambda p=p: self.cat_file(p, **kwargs) for p in paths], on_error)
+        results = _gather([functools.partial(self.cat_file, p, **kwargs) for p in paths], on_error)
         return {p: r for p, r in zip(paths, results, strict=True) if r is not _OMIT}
 
     def cat_ranges(self, paths: list[str], starts: int | list[int], ends: int | list[int],
@@ -254,19 +255,19 @@ class ZipmountFileSystem(AbstractFileSystem):
         ends = [ends] * n if isinstance(ends, int) or ends is None else ends
         if not len(starts) == len(ends) == n:
             raise ValueError("paths, starts and ends must have the same length")
-        calls = [lambda p=p, s=s, e=e: self.cat_file(p, s, e)
+        calls = [functools.partial(self.cat_file, p, s, e)
                  for p, s, e in zip(paths, starts, ends, strict=True)]
         return [r for r in _gather(calls, on_error) if r is not _OMIT]
 
     # Read-only: every write-like call answers EROFS, as the mount does.
     mkdir = makedirs = rmdir = rm_file = rm = _rm = pipe_file = put_file = cp_file = mv = \
-        touch = _read_only  # type: ignore[assignment]
+        touch = _read_only
 
 
 _OMIT = object()
 
 
-def _gather(calls: list[Callable[[], bytes]], on_error: str) -> list[Any]:
+def _gather(calls: Sequence[Callable[[], bytes]], on_error: str) -> list[Any]:
     """Run ``calls`` on the shared pool; errors raise, are returned, or are ``_OMIT``-ted."""
     futures = [_executor().submit(call) for call in calls] if len(calls) > 1 else None
     out: list[Any] = []
@@ -286,7 +287,7 @@ class ZipmountFile(AbstractBufferedFile):
     """A member opened for reading. No read-ahead buffer of its own (cache ``none``): every
     read is the exact range asked for, served by the engine's block cache."""
 
-    def __init__(self, fs: ZipmountFileSystem, path: str, node: Node, reader: MemberReader) -> None:
+    def __init__(self, fs: ZipmountFileSystem, path: str, node: Node, reader: FileReader) -> None:
         self.reader = reader
         self._pid = os.getpid()
         super().__init__(fs, path, mode="rb", cache_type="none", size=node.size)
@@ -304,6 +305,26 @@ class ZipmountFile(AbstractBufferedFile):
     def close(self) -> None:
         super().close()
         self.reader.close()
+
+
+# Filesystems restored from pickles in this process, by options and pinned versions: a Dask
+# worker unpickles one per task, and must not build a tree (and load an index) for each.
+_restored: weakref.WeakValueDictionary[str, ZipmountFileSystem] = weakref.WeakValueDictionary()
+_restored_lock = threading.Lock()
+
+
+def _restore(cls: type[ZipmountFileSystem], options: dict[str, Any],
+             pinned: dict[str, Any]) -> ZipmountFileSystem:
+    """The filesystem a pickle stands for: the one already restored in this process with the
+    same options and versions, else a new one serving those versions."""
+    key = fsspec.utils.tokenize(cls, os.getpid(), options, pinned["objects"], pinned["single"])
+    with _restored_lock:
+        fs = _restored.get(key)
+    if fs is None:
+        fs = cls(**options, pinned=pinned)
+        with _restored_lock:
+            fs = _restored.setdefault(key, fs)
+    return fs
 
 
 def _pins(tree: Tree) -> dict[str, Any]:

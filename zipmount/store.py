@@ -39,7 +39,10 @@ class Store(Protocol):
     """
 
     location: str  # where the store is (e.g. "s3|https://minio:9000"); part of every cache key
-    timeout: float  # the deadline of every call, in seconds (also a read's bound on waiting)
+    @property
+    def timeout(self) -> float:
+        """The deadline of every call, in seconds (also a read's bound on waiting)."""
+        ...
 
     def stat(self, path: str) -> ObjectInfo | None:
         """Identity of the current version of the object at ``path``; ``None`` if ``path`` is a

@@ -81,7 +81,10 @@ def cohort_endpoints(endpoints: dict) -> list:
 def variants(run: Runner) -> list[str]:
     """The variants this run can measure (the DataLoader needs torch; the mount, zipmount)."""
     out = []
+    chosen = run.args.cohort_variants
     for name, (module, mode, _) in VARIANTS.items():
+        if chosen and name not in chosen.split(","):
+            continue
         if mode == "seed" and "seed" not in run.args.contenders:
             continue
         if mode != "seed" and not (run.want_zm and "zipmount" in run.args.contenders):

@@ -11,7 +11,7 @@ import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.common import log
+from bench.common import log, slug
 from bench.contenders import LocalContender, SeedContender, ZipmountContender
 from bench.inproc import ChildContender, FuseFloorContender, ZipmountFsspecContender
 from bench.registry import contender, measured_in_a_step
@@ -79,7 +79,7 @@ def seed(run: Runner, delay, url: str, keys: dict) -> SeedContender:
 
 @contender("zipmount", "zipmount mount (zarr 2)")
 def zipmount(run: Runner, delay, url: str, keys: dict) -> ZipmountContender | None:
-    return run.new_zipmount(url, keys, f"r{run.rep}d{delay:g}-") if run.want_zm else None
+    return run.new_zipmount(url, keys, f"r{run.rep}d{slug(delay)}-") if run.want_zm else None
 
 
 @contender("zipmount-fsspec", "zipmount fsspec (zarr 2, in process)", check=fsspec_check)
@@ -109,7 +109,7 @@ def virtualizarr(run: Runner, delay, url: str, keys: dict) -> ChildContender | N
 def zarr3_mount(run: Runner, delay, url: str, keys: dict) -> ChildContender | None:
     if "eeg" not in run.args.steps:
         return None
-    zm = run.new_zipmount(url, keys, f"z3r{run.rep}d{delay:g}-")
+    zm = run.new_zipmount(url, keys, f"z3r{run.rep}d{slug(delay)}-")
     return ChildContender("zarr3-mount", str(zarr3_python()), "zarr3-local", run.reaper,
                           run.work, url, keys["eeg"], mount=zm)
 

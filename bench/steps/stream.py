@@ -8,7 +8,7 @@ import struct
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from bench.common import MIB, log
+from bench.common import MIB, log, slug
 from bench.registry import step
 from bench.runner import Named
 
@@ -47,7 +47,7 @@ def stream_step(run: Runner, delay, url: str) -> None:
         rec["stream_bytes"] = end - start
     if run.want_zm:
         zm = run.new_zipmount(url, {"eeg": big["key"], "many": big["key"]},
-                              f"st-r{run.rep}d{delay:g}-")
+                              f"st-r{run.rep}d{slug(delay)}-")
         try:
             zm.mount(big["key"], fresh=True)
             _, rec = run.measure(zm, delay, "stream",

@@ -167,8 +167,9 @@ def dir_usage(root: Path) -> tuple[int, int]:
 
 
 def cache_usage_between_writes(root: Path) -> int:
-    """The bytes under the cache dir ``root``'s ``files`` while no process may reserve or evict
-    (the ledger's lock held, as every writer and evicter takes it): a walk not raced by them."""
+    """The bytes under the cache dir ``root``'s ``files`` while no process may reserve (the
+    ledger's lock held, as every writer takes it): a walk that only evictions may race, which
+    only lower the total."""
     import fcntl
 
     fd = os.open(root / "ledger", os.O_RDWR)

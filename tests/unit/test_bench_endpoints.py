@@ -3,7 +3,7 @@ another endpoint; uncapped endpoints stay interchangeable with their delay."""
 
 from __future__ import annotations
 
-from bench.common import Endpoint
+from bench.common import Endpoint, slug
 from bench.records import find_record
 
 
@@ -22,3 +22,8 @@ def test_records_are_found_at_their_own_endpoint_only():
                {"contender": "c", "step": "s", "delay_ms": Endpoint(20, 100), "time_s": 2.0}]
     assert find_record(records, "c", "s", 20.0)["time_s"] == 1.0
     assert find_record(records, "c", "s", Endpoint(20, 100))["time_s"] == 2.0
+
+
+def test_an_endpoint_names_files_without_spaces_or_slashes():
+    assert [slug(e) for e in (Endpoint(0), Endpoint(20), Endpoint(20, 100), 20.0)] == \
+        ["0", "20", "20-100MBps", "20"]

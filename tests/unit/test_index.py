@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import bisect
 import io
 import json
 import logging
+import random
 import struct
 import time
 import tracemalloc
@@ -35,7 +37,7 @@ from zipmount.archive import Archive, CachedObject
 from zipmount.archive.index.central import CD_MAX_BYTES, read_central_directory
 from zipmount.archive.index.naming import build_tree
 from zipmount.archive.index.store import load_index, save_index
-from zipmount.archive.index.table import Entry, EntryTable
+from zipmount.archive.index.table import Entry, EntryTable, SortedKeys
 from zipmount.cache import BlockCache, DiskTier
 from zipmount.errors import ArchiveError
 from zipmount.source import Source, StorageOptions
@@ -407,6 +409,7 @@ def test_zip64_records_and_data_prepended_to_the_archive_are_read_as_zipfile_rea
     lambda doc: doc["columns"].__setitem__("size", "AAAA"),  # 3 bytes: not whole int64s
     lambda doc: doc.__setitem__("byteorder", "middle"),
     lambda doc: doc.pop("keys"),
+    lambda doc: doc.__setitem__("keys", doc["keys"][:-1]),  # shorter than its starts say
 ])
 def test_a_damaged_persisted_index_is_dropped_not_served(tmp_path: Path, damage):
     table = index(raw_zip([RawMember(b"a/b", b"x")]))
@@ -493,3 +496,16 @@ def test_the_table_knows_its_size_in_memory(name_len):
     print(f"{name_len}-character names: {held / len(table):.0f} B/entry measured, "
           f"{table.memory_bytes() / len(table):.0f} estimated")
     assert 0.85 * held <= table.memory_bytes() <= 1.15 * held
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 17, 100, 1000])
+def test_sorted_keys_search_like_bisect_on_a_list(count):
+    rng = random.Random(count)
+    keys = sorted({"".join(rng.choices("ab\0/é", k=rng.randint(0, 6))) for _ in range(count * 2)})
+    stored = SortedKeys.of(keys)
+    assert list(stored) == keys and len(stored) == len(keys)
+    probes = keys + ["".join(rng.choices("ab\0/é\x01", k=rng.randint(0, 7))) for _ in range(300)]
+    for probe in probes:
+        lo = rng.randint(0, len(keys))
+        assert stored.bisect_left(probe) == bisect.bisect_left(keys, probe), probe
+        assert stored.bisect_left(probe, lo) == bisect.bisect_left(keys, probe, lo), (probe, lo)

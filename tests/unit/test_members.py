@@ -26,7 +26,7 @@ import pytest
 from robust.zips import RawMember, raw_zip
 
 from zipmount.archive import Archive, CachedObject, Decoding
-from zipmount.archive.decompress import DecoderBudget
+from zipmount.archive.decompress import DecoderBudget, DecoderMemoryBusy
 from zipmount.archive.decompress import checkpoints as ck
 from zipmount.archive.decompress import streams as st
 from zipmount.archive.decompress.cells import CELL, FILL_AFTER
@@ -348,6 +348,34 @@ def test_many_open_lzma_handles_stay_within_one_decoder_budget(workdir):
     assert grew < budget.capacity + 48 * MiB, f"grew {grew / MiB:.0f} MiB"
 
 
+class _Holder:
+    """A charge holder for the budget: droppable unless busy."""
+
+    def __init__(self, parked: bool, busy: bool = False) -> None:
+        self.parked, self.busy, self.dropped = parked, busy, False
+
+    def try_drop(self) -> bool:
+        self.dropped = not self.busy
+        return self.dropped
+
+
+def test_the_decoder_budget_drops_parked_streams_first_and_waits_for_busy_ones_with_a_bound():
+    budget = DecoderBudget(capacity=10, timeout=0.3)
+    open_one, parked = _Holder(parked=False), _Holder(parked=True)
+    budget.charge(open_one, 5)
+    budget.charge(parked, 5)
+    budget.charge(_Holder(parked=False), 5)  # room is made: the parked stream goes first
+    assert parked.dropped and not open_one.dropped and budget.used == 10
+    busy = DecoderBudget(capacity=10, timeout=0.3)
+    busy.charge(_Holder(parked=False, busy=True), 8)  # a read in progress: cannot be dropped
+    with pytest.raises(DecoderMemoryBusy):
+        busy.charge(_Holder(parked=False), 5)
+    assert busy.used == 8 and busy.peak <= busy.capacity
+    alone = DecoderBudget(capacity=10)
+    alone.charge(_Holder(parked=False), 50)  # one decoder bigger than the budget still runs
+    assert alone.used == 50
+
+
 def test_closed_handles_keep_no_more_than_the_budget_and_the_engine_frees_them(workdir):
     plains = [text(40 + i, 12 * MiB) for i in range(6)]
     path = write_zip(workdir, [lzma_member(f"m{i}", p, 8 * MiB) for i, p in enumerate(plains)])
@@ -367,7 +395,7 @@ def test_closed_handles_keep_no_more_than_the_budget_and_the_engine_frees_them(w
 # -- decoded cells ------------------------------------------------------------------------------
 
 
-CELLS_PLAIN = text(14, 12 * MiB + 12345)  # 7 cells of 2 MiB, the last one short
+CELLS_PLAIN = text(14, 12 * MiB + 12345)  # the last cell short
 CELLS = -(-len(CELLS_PLAIN) // CELL)
 
 
@@ -400,7 +428,7 @@ def test_random_reads_of_a_deflated_member_decode_each_cell_once(workdir):
             "a random read after the first pass decoded again"
 
 
-def test_a_member_read_once_at_a_few_offsets_decodes_a_cell_per_offset(workdir):
+def test_a_member_read_once_at_a_few_offsets_decodes_only_around_them(workdir):
     path = write_zip(workdir, [member("big", DEFLATE, CELLS_PLAIN)])
     decoding = Decoding()
     with opened(path, decoding=decoding) as archive:
@@ -410,8 +438,25 @@ def test_a_member_read_once_at_a_few_offsets_decodes_a_cell_per_offset(workdir):
     with opened(path, decoding=decoding) as archive:  # a fresh block cache
         random_reads(archive, "big", CELLS_PLAIN, 3, seed=4)
         counters = archive.cached.cache.stats.counters
-        assert 1 <= counters["cells_decoded"] <= 3
-        assert counters["cell_bytes_decoded"] <= 3 * CELL
+        # each read: its cell and the ones before it since the checkpoint before it
+        assert 1 <= counters["cells_decoded"] <= 3 * ck.CHECKPOINT_EVERY // CELL
+        assert counters["cell_bytes_decoded"] <= 3 * ck.CHECKPOINT_EVERY
+
+
+def test_reads_in_order_arriving_out_of_order_stay_with_the_stream(workdir):
+    # the kernel's readahead: 1 MiB READs of a sequential reader, a few in flight at once,
+    # answered in any order (here: each group of 4 shuffled)
+    with opened(write_zip(workdir, [member("big", DEFLATE, CELLS_PLAIN)])) as archive:
+        reader = archive.reader(archive.entries["big"])
+        offsets = list(range(0, len(CELLS_PLAIN), MiB))
+        rng = random.Random(8)
+        for group in range(0, len(offsets), 4):
+            batch = offsets[group: group + 4]
+            rng.shuffle(batch)
+            for offset in batch:
+                assert reader.read(offset, MiB) == CELLS_PLAIN[offset: offset + MiB]
+        reader.close()
+        assert archive.cached.cache.stats.counters["cells_decoded"] == 0
 
 
 def test_concurrent_random_readers_share_the_decode_of_a_cell(workdir):
@@ -445,33 +490,40 @@ def test_concurrent_random_readers_share_the_decode_of_a_cell(workdir):
         assert 1 <= archive.cached.cache.stats.counters["cells_decoded"] <= CELLS
 
 
+FILL_PLAIN = text(19, (FILL_AFTER + 2) * ck.CHECKPOINT_EVERY + CELL // 2)
+
+
 def test_a_member_read_at_random_on_and_on_is_decoded_whole_in_the_background(workdir):
-    plain = text(19, (FILL_AFTER + 4) * CELL + CELL // 2)
+    plain = FILL_PLAIN
     cells = -(-len(plain) // CELL)
     with opened(write_zip(workdir, [member("big", DEFLATE, plain)]), workdir / "cache",
                 memory=128 * MiB) as archive:  # every cell stays in memory: each made once
         counters = archive.cached.cache.stats.counters
         reader = archive.reader(archive.entries["big"])
-        for cell in range(cells - 1, cells - 1 - FILL_AFTER, -1):  # FILL_AFTER cells on demand
-            offset = cell * CELL + 5000
+        for stretch in range(FILL_AFTER, 0, -1):  # FILL_AFTER reads that make cells on demand
+            offset = stretch * ck.CHECKPOINT_EVERY + CELL + 5000
             assert reader.read(offset, 4096) == plain[offset: offset + 4096]
         reader.close()
         deadline = time.monotonic() + 60
         while counters["cells_decoded"] < cells and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert counters["cells_decoded"] == cells, "the rest of the member was not filled"
+        time.sleep(0.5)  # the fill is over
+        made = counters["cells_decoded"]
+        # every cell once (a race between the fill and a reader may make one twice)
+        assert cells <= made <= cells + 2, "the rest of the member was not filled"
         assert counters["cell_bytes_decoded"] <= 2 * len(plain)
         random_reads(archive, "big", plain, 100, seed=6)  # new offsets: no decode any more
-        assert counters["cells_decoded"] == cells
+        assert counters["cells_decoded"] == made
 
 
 def test_a_member_read_at_a_few_offsets_is_not_filled(workdir):
-    plain = text(19, (FILL_AFTER + 4) * CELL + CELL // 2)
-    with opened(write_zip(workdir, [member("big", DEFLATE, plain)]), workdir / "cache") as archive:
-        random_reads(archive, "big", plain, 3, seed=7)
+    with opened(write_zip(workdir, [member("big", DEFLATE, FILL_PLAIN)]), workdir / "cache") \
+            as archive:
+        random_reads(archive, "big", FILL_PLAIN, 3, seed=7)
         made = archive.cached.cache.stats.counters["cells_decoded"]
         time.sleep(1)  # a fill, had one started, would have made more meanwhile
-        assert made == archive.cached.cache.stats.counters["cells_decoded"] <= 3
+        assert made == archive.cached.cache.stats.counters["cells_decoded"]
+        assert made <= 3 * ck.CHECKPOINT_EVERY // CELL
 
 
 def test_a_replaced_archive_never_serves_the_old_decoded_cells(workdir):

@@ -10,10 +10,11 @@ import os
 import threading
 import zipfile
 
+from ..cache import MAX_REQUEST
 from ..errors import ArchiveError
 from .decompress import Decoding, MemberStream, crc32
-from .decompress.cells import CELL, DecodedCells
-from .decompress.streams import PIECE, WINDOW
+from .decompress.cells import DecodedCells
+from .decompress.streams import WINDOW
 from .layout import WHOLE_MEMBER_MAX
 from .readahead import Prefetcher, readahead_max
 from .spill import SpillFiles
@@ -29,6 +30,7 @@ SPILL_METHODS = {zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 CRC_AHEAD_MAX = 4 * 1024 * 1024
 # A handle that has read on from where it stopped this far walks the member: its stream goes on.
 WALK = 1024 * 1024
+WALK_SPREAD = 8 * 1024 * 1024  # how far from the furthest READ of a walk the next may start
 
 
 class MemberReader:
@@ -142,7 +144,7 @@ class CompressedReader(MemberReader):
         self.spillable = (entry.method in SPILL_METHODS and entry.size >= SPILL_MIN
                           and spills is not None)
         self.spill: int | None = None  # fd of the spill file
-        self._walk_end = -1  # where the last read ended
+        self._walk_end = -1  # where the furthest read of the current walk ended
         self._walked = 0  # bytes read on from where the read before stopped (about)
         self._lock = threading.Lock()
 
@@ -162,12 +164,14 @@ class CompressedReader(MemberReader):
         """Whether this read goes to the decoded cells: a read of a few pages (not a whole
         member) that the stream cannot serve by going on and that does not walk on from the
         reads before it."""
-        if self.cells is None or size > CELL:
+        if self.cells is None or size > MAX_REQUEST:
             return False
         with self._lock:
-            near = self._walk_end - WINDOW <= offset <= self._walk_end + PIECE
+            # A reader walking on: the kernel's readahead READs arrive out of order, several in
+            # flight at once, so a READ may start well before or after the furthest one so far.
+            near = abs(offset - self._walk_end) <= WALK_SPREAD
             self._walked = self._walked + size if near else 0
-            self._walk_end = offset + size
+            self._walk_end = max(self._walk_end, offset + size) if near else offset + size
             return self._walked < WALK and not self.stream.continues(offset)
 
     def _read(self, offset: int, size: int) -> bytes:

@@ -24,8 +24,9 @@ Sharing one directory between processes (daemons, notebooks, DataLoader or Dask 
   lock at most LOCK_WAIT seconds, then a write is refused (EAGAIN: not kept, the cache is
   optional) and a removal is counted later; automatic scans only when no other scan runs;
   ``prune``/``clear`` wait at most SCAN_WAIT for another scan, then fail with
-  :class:`CacheBusy`. After a lock was found stuck, the next attempts for BUSY_BACKOFF seconds
-  do not wait at all.
+  :class:`CacheBusy`. After the ledger lock was found stuck, the next attempts for
+  BUSY_BACKOFF seconds do not wait at all. A writer that waited for another's scan does not
+  scan again if that one left the total under the cap.
 - A writer holds ``flock`` on its temporary file: a scan deletes only unlocked temporary files
   older than a few seconds (left by a killed process) and counts the others at the size their
   name announces. The kernel drops a dead process's locks, so a crash never blocks the rest.
@@ -66,6 +67,7 @@ SCAN_WAIT = 30.0  # the longest prune/clear wait for another process's scan to e
 BUSY_BACKOFF = 10.0  # after a lock was found stuck, attempts this long do not wait
 _TMP = ".tmp."
 _AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+_renameat2: Any
 try:
     _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
     _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
@@ -104,8 +106,9 @@ class FileStore:
         self._ledger_fd = os.open(root / "ledger", flags, 0o600)
         self._scan_fd = os.open(root / "scan.lock", flags, 0o600)
         # flock is per open file: the threads of this process need locks of their own.
-        self._ledger_gate = _Gate(self._ledger_fd)
-        self._scan_gate = _Gate(self._scan_fd)
+        self._ledger_gate = _Gate(self._ledger_fd, BUSY_BACKOFF)
+        # A scan may rightly take seconds: waiting for one never makes later attempts skip it.
+        self._scan_gate = _Gate(self._scan_fd, 0.0)
         self._pending_lock = threading.Lock()
         self._pending = [0, 0]  # bytes used, bytes added: not in the ledger yet (it was stuck)
         self._tmp_ids = itertools.count()
@@ -113,7 +116,7 @@ class FileStore:
         with self._ledger() as ledger:
             pass
         if ledger is not None and self._needs_scan(ledger, grew=True):
-            self._scan(capacity, wait=0.0)
+            self._scan(capacity, wait=0.0, unless_done=True)
 
     # --- naming and reading -------------------------------------------------------------
     def path(self, name: str) -> Path:
@@ -272,7 +275,7 @@ class FileStore:
                 self._pending[0] += delta
                 self._pending[1] += max(0, delta)
         elif self._needs_scan(ledger, grew=delta > 0):
-            self._scan(self.capacity, wait=0.0)
+            self._scan(self.capacity, wait=0.0, unless_done=True)
 
     def _reserve(self, size: int) -> None:
         """Count ``size`` bytes about to be written, making room first if the total would pass
@@ -288,17 +291,20 @@ class FileStore:
             return
         over = size > 0 and ledger[0] > self.capacity
         if self._needs_scan(ledger, grew=size > 0) and \
-                not self._scan(self.capacity, wait=LOCK_WAIT if over else 0.0) and over:
+                not self._scan(self.capacity, wait=LOCK_WAIT if over else 0.0,
+                               unless_done=True) and over:
             self._add(-size)
             raise OSError(errno.EAGAIN, "the disk cache is full and another process is "
                                         "scanning it: not kept")
 
-    def _scan(self, capacity: int, wait: float, low_water: float = _LOW_WATER) -> bool:
+    def _scan(self, capacity: int, wait: float, low_water: float = _LOW_WATER,
+              unless_done: bool = False) -> bool:
         """Scan the directory (one process at a time; the ledger is not locked meanwhile),
         evict down to ``low_water`` of ``capacity`` if over it, and set the ledger to the
-        total found plus what was added meanwhile. False if another scan kept on for
-        ``wait`` seconds or the ledger was stuck (nothing was done, or the total is not
-        recorded)."""
+        total found plus what was added meanwhile (``unless_done``: nothing, if a scan that
+        ended while this one waited left the ledger needing none). False if another scan
+        kept on for ``wait`` seconds or the ledger was stuck (nothing was done, or the total
+        is not recorded)."""
         if not self._scan_gate.enter(wait):
             return False
         try:
@@ -306,6 +312,8 @@ class FileStore:
                 pass
             if ledger is None:
                 return False
+            if unless_done and not self._needs_scan(ledger, grew=True):
+                return True
             added_before = ledger[2]
             total = self._scan_and_evict(capacity, low_water)
             with self._ledger() as ledger:
@@ -380,7 +388,8 @@ class FileStore:
 
     def close(self) -> None:
         if self._pending != [0, 0]:
-            self._add(0)  # one more try to record what was pending
+            with self._ledger():  # one more try to record what was pending
+                pass
         os.close(self._ledger_fd)
         os.close(self._scan_fd)
 
@@ -388,10 +397,11 @@ class FileStore:
 class _Gate:
     """An exclusive ``flock`` on ``fd`` shared by the threads of this process, entered with a
     bound on the wait (polled: flock has no timeout); once it was found held for a whole wait,
-    attempts for BUSY_BACKOFF seconds do not wait."""
+    attempts for ``backoff`` seconds do not wait."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, backoff: float) -> None:
         self.fd = fd
+        self.backoff = backoff
         self._threads = threading.Lock()
         self._stuck_until = 0.0
 
@@ -411,7 +421,7 @@ class _Gate:
                 left = start + wait - time.monotonic()
                 if left <= 0:
                     if wait > 0:  # held all the while it was waited for
-                        self._stuck_until = time.monotonic() + BUSY_BACKOFF
+                        self._stuck_until = time.monotonic() + self.backoff
                     self._threads.release()
                     return False
                 time.sleep(min(delay, left))

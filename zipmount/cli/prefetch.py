@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import stat
 import sys
 import threading
@@ -155,18 +156,33 @@ def _archive_dirs(top: str, suffixes: tuple[str, ...]) -> Iterator[Unit]:
         yield loose
 
 
-def on_a_zipmount_mount(path: str) -> bool:
-    """True if ``path`` lies on a mount whose daemon answers as zipmount."""
+def check_on_a_zipmount_mount(path: str) -> None:
+    """Raise a one-line error unless ``path`` lies on a mount whose zipmount daemon answers."""
+    from ..daemon import mount_state
     from ..stats import STATS_XATTR
 
-    mount = os.path.realpath(path)
-    while not os.path.ismount(mount):
-        mount = os.path.dirname(mount)
+    mount = _mount_of(os.path.abspath(path))
     try:
         os.getxattr(mount, STATS_XATTR)
+        return
     except OSError:
-        return False
-    return True
+        pass
+    if mount_state(mount) == "stale":
+        raise ZipmountError(f"{path}: the daemon of {mount} is gone; clean it with `zipmount "
+                            f"umount {mount}` and mount again")
+    if not os.path.lexists(path):
+        raise ZipmountError(f"{path}: no such file or directory")
+    raise UsageError(f"{path} is not on a zipmount mount: prefetch warms a mount's cache by "
+                     "reading through it (zipmount mount SOURCE MOUNTPOINT first)")
+
+
+def _mount_of(path: str) -> str:
+    """The mountpoint ``path`` lies on, from the mount table (a dead mount cannot be stat'ed)."""
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+        points = [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
+                  for line in table]
+    real = os.path.realpath(path) if os.path.lexists(path) else path
+    return max((p for p in points if real == p or real.startswith(p.rstrip("/") + "/")), key=len)
 
 
 def _list_files(unit: Unit) -> None:
@@ -248,9 +264,7 @@ def cmd_prefetch(args: argparse.Namespace) -> int:
         raise UsageError("--jobs must be at least 1")
     suffixes = tuple(s.lower() for s in (args.suffixes or DEFAULT_SUFFIXES))
     for path in args.paths:
-        if os.path.lexists(path) and not on_a_zipmount_mount(path):
-            raise UsageError(f"{path} is not on a zipmount mount: prefetch warms a mount's cache "
-                             "by reading through it (zipmount mount SOURCE MOUNTPOINT first)")
+        check_on_a_zipmount_mount(path)
     units = find_units(args.paths, suffixes)
     journal = journal_path(args.paths, args.metadata_only)
     done_before: set[str] = set()

@@ -67,11 +67,13 @@ def _archive_tree(reach: Reach, path: str, obj: ObjectInfo, age: float, root: st
     return tree
 
 
-def view_of(tree: ArchiveTree | PrefixTree) -> View:
+def view_of(tree: Tree) -> View:
     """What ``tree`` serves now, for :func:`open_tree` in another process: the versions it
     pinned and how long ago they were checked."""
     if isinstance(tree, ArchiveTree):
         return [tree.slot.obj], True, time.monotonic() - tree.slot._checked
+    if not isinstance(tree, PrefixTree):
+        raise TypeError(f"no view of {type(tree).__name__}")
     listing = tree._listing
     objects = [a.slot.obj for a in listing.archives.values()] + list(listing.files.values())
     return objects, False, time.monotonic() - tree._listed

@@ -18,7 +18,7 @@ class Node:
     kind: str  # "dir", "file" or "link"
     size: int
     mtime_ns: int
-    mode: int  # permission bits: the entry's as stored (see zipmount/archive/index.py)
+    mode: int  # permission bits: the entry's as stored (see zipmount/archive/index/__init__.py)
     method: int | None = None  # zip compression method of a member
     nlink: int = 1  # directories: 2 + subdirectories
     version: str = ""  # files: which archive version and member the attributes describe

@@ -6,27 +6,31 @@ big deflated member page by page at random. From a checkpoint every such read de
 checkpoint spacing (2 MiB) to serve a page: in the members benchmark 100 random 4 KiB reads of
 a 300 MB member cost ~2.5 ms each, decoding ~1 MiB per 4 KiB served, at every read again.
 
-Cells. A read that the handle's stream cannot serve by going on (not in its window, not just
-ahead of it, not walking on: see ``CompressedReader``) is served from the member's *decoded
-cells*: its decoded bytes, split like any remote object into 2 MiB cells of 64 KiB blocks and
-cached under a key of their own (the archive's cache key, which holds its ETag and size, plus
-the member's offset: a replaced archive never serves its old decoded bytes). A missing cell is
-decoded whole, once, from the checkpoint at its start (checkpoints fall at cell boundaries);
-the block cache's single flight makes concurrent readers of one cell share that decode, and its
-tiers keep the result (memory, then the disk cache under its cap and the shared directory's
-rules). A member read once at a few offsets costs a cell per offset, never a full decode; reads
-in order (``cat``, a zarr chunk read whole) stay with the stream, so a member read in order is
-not cached twice (compressed and decoded).
+Cells. A read that the handle's stream cannot serve by going on (not in its window, at most
+WINDOW ahead of it, or part of a walk: see ``CompressedReader``) is served from the member's
+*decoded cells*: its decoded bytes, split like any remote object into 512 KiB cells of 64 KiB
+blocks and cached under a key of their own (the archive's cache key, which holds its ETag and
+size, plus the member's offset: a replaced archive never serves its old decoded bytes). A
+missing cell is decoded whole, once, from the checkpoint before it (checkpoints fall at every
+fourth cell boundary), keeping the cells decoded on the way; the block cache's single flight
+makes concurrent readers of one cell share that decode, and its tiers keep the result (memory,
+then the disk cache under its cap and the shared directory's rules). A member read once at a
+few offsets costs the checkpoint stretches around them, never a full decode; reads in order
+(``cat``, a zarr chunk read whole) stay with the stream, so a member read in order is not
+cached twice (compressed and decoded).
 
-Fill. A cell on demand costs a 2 MiB decode (~6 ms measured: more than the ~2.5 ms of a read
-from a checkpoint), so a reader that goes on reading at random would still pay a decode per new
-cell. Once FILL_AFTER cells of a member were made on demand, the rest of the member is decoded
-in order into its cells by one background thread per engine (each byte decoded once; reads
-meanwhile take over or wait for the cell they need): from then on every read is a cache hit.
-Measured (docs/BENCHMARKS.md, "Decoded cells"): the loader case touches every cell of a 300 MB
-member, so it reaches FILL_AFTER after its first few random faults; a member read at a handful
-of offsets stays under it. A fill needs room: the member must take at most a quarter of the
-disk cache (of the memory cache without one), as spill files must.
+Fill. A cell on demand costs about what a read from a checkpoint costs, so a reader that goes on
+reading at random would still pay a decode per new stretch (measured: 6.4 ms per read at new
+offsets, 2.6x the stored member). Once FILL_AFTER reads of a member made cells on demand, the
+rest of the member is decoded in order into its cells by one background thread per engine
+(each byte decoded about once more; reads meanwhile take over or wait for the cell they need):
+from then on every read is a cache hit (measured: 1.25-1.76x the stored member). The loader
+case touches every stretch of a 300 MB member, so it reaches FILL_AFTER after its first few
+random faults; a member read at a handful of offsets stays under it. Cells are 512 KiB, not the
+2 MiB of a checkpoint stretch: a cell read back from the disk tier is read and checked whole,
+and 2 MiB ones made a disk-tier hit cost several ms. A fill needs room: the member must take at
+most a quarter of the disk cache (of the memory cache without one), as spill files must.
+Figures: docs/BENCHMARKS.md, "Decoded cells".
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from typing import TYPE_CHECKING
 from ...cache import MAX_REQUEST
 from ...errors import ZipmountError
 from .budget import DecoderBudget, Pinned
-from .checkpoints import CheckpointStore
+from .checkpoints import CheckpointStore, checkpoint_spacing
 from .decoders import decoder_memory
 from .streams import PIECE, Stream
 
@@ -49,9 +53,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CELL = MAX_REQUEST  # decoded bytes are cached and decoded in cells of this size
+# Decoded bytes are cached in cells of this size: a quarter of the checkpoint spacing, so that
+# a cell read back from the disk cache is small (a 2 MiB run file took ~2 ms to read and check).
+CELL = MAX_REQUEST // 4
 FILL_AFTER = 8  # cells of a member made on demand before the rest is decoded in the background
 _TRACKED = 4096  # members whose on-demand cells are counted (least recently used forgotten)
+_RESUMABLE = 16  # streams kept where their last cell ended, for the decode of the next one
 
 
 class CellFills:
@@ -61,6 +68,7 @@ class CellFills:
     def __init__(self) -> None:
         self._demand: OrderedDict[str, int] = OrderedDict()  # member version -> cells
         self._started: set[str] = set()
+        self._resumable: OrderedDict[tuple[str, int], Stream] = OrderedDict()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="zipmount-fill")
         self.closed = False
@@ -79,9 +87,23 @@ class CellFills:
                  cells.view.entry.name, cells.size)
         self._pool.submit(cells.fill)
 
+    def resume(self, member: str, offset: int) -> Stream | None:
+        """A stream of ``member`` that stopped at ``offset`` (taken: one user at a time)."""
+        with self._lock:
+            return self._resumable.pop((member, offset), None)
+
+    def keep(self, member: str, stream: Stream) -> None:
+        """Keep ``stream`` for the decode of the cell that starts where it stopped."""
+        with self._lock:
+            self._resumable[(member, stream.out_pos)] = stream
+            while len(self._resumable) > _RESUMABLE:
+                self._resumable.popitem(last=False)
+
     def close(self) -> None:
         self.closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            self._resumable.clear()
 
 
 class DecodedCells:
@@ -97,6 +119,7 @@ class DecodedCells:
         self.size = size = view.entry.size
         # The archive's key names its version (ETag, size); the offset names the member in it.
         self.key = f"{view.cached.key}m{view.entry.header_offset}"
+        self.spacing = checkpoint_spacing(size)
         room = cache.disk.capacity if cache.disk is not None else cache.memory.capacity
         self.fillable = FILL_AFTER * CELL < size <= room // 4
 
@@ -105,14 +128,23 @@ class DecodedCells:
         end = min(offset + size, self.size)
         if offset >= end:
             return b""
-        first_block = offset // self.cache.block_size
-        if self.cache.memory.get(self.key, first_block) is None:
-            # Claim the whole cells (one decode each), not only the blocks of this read: the
-            # read then takes its own cell's decode over, or waits for a concurrent reader's.
-            start = offset // CELL * CELL
-            self.cache.prefetch(self.key, self.size, start, -(-end // CELL) * CELL,
-                                self._on_demand)
+        start = offset // CELL * CELL
+        if not self._cached(start):
+            # The cells before it since the checkpoint are decoded on the way: keep them too
+            # (in order: each decode goes on from where the one before stopped).
+            for before in range(start // self.spacing * self.spacing, start, CELL):
+                if not self._cached(before):
+                    self.cache.read(self.key, self.size, before, before + CELL, self._decode)
+            # The whole cells, not only the blocks of this read: one decode each (shared with
+            # any concurrent reader of them: the block cache's single flight).
+            whole = self.cache.read(self.key, self.size, start, -(-end // CELL) * CELL,
+                                    self._on_demand)
+            return whole[offset - start: end - start]
         return self.cache.read(self.key, self.size, offset, end, self._on_demand)
+
+    def _cached(self, start: int) -> bool:
+        """Whether the cell at ``start`` is in the memory tier (its first block, at least)."""
+        return self.cache.memory.get(self.key, start // self.cache.block_size) is not None
 
     def _on_demand(self, start: int, end: int) -> bytes:
         data = self._decode(start, end)
@@ -126,8 +158,7 @@ class DecodedCells:
         for start in range(0, self.size, CELL):
             if self.fills.closed:
                 return
-            if self.cache.memory.get(self.key, start // bs) is not None or \
-                    runs is not None and runs.holding(self.key, start // bs):
+            if self._cached(start) or runs is not None and runs.holding(self.key, start // bs):
                 continue
             try:
                 self.cache.read(self.key, self.size, start, start + CELL, self._decode)
@@ -136,20 +167,25 @@ class DecodedCells:
                 return
 
     def _decode(self, start: int, end: int) -> bytes:
-        """Decoded bytes ``[start, end)`` (within one cell), from the checkpoint before them."""
+        """Decoded bytes ``[start, end)`` (within one cell): on from where the decode of the
+        cell before stopped (a fill, a reader going on), else from the checkpoint before."""
+        member = self.view.version
         charge = Pinned()
         self.budget.charge(charge, decoder_memory(self.view.entry) + PIECE)
         try:
-            stream = Stream(self.view, self.checkpoints, self.checkpoints.nearest(
-                self.view.version, start))
+            stream = self.fills.resume(member, start) or Stream(
+                self.view, self.checkpoints, self.checkpoints.nearest(member, start))
+            began = stream.out_pos
             parts = []
             while stream.out_pos < end:
-                piece = stream.decode()
+                piece = stream.decode(end)  # ends where the cell ends: the next one goes on
                 at = stream.out_pos - len(piece)
                 if stream.out_pos > start:
                     parts.append(memoryview(piece)[max(0, start - at): end - at])
             self.cache.stats.add("cells_decoded")
-            self.cache.stats.add("cell_bytes_decoded", stream.out_pos - stream.started_at)
+            self.cache.stats.add("cell_bytes_decoded", stream.out_pos - began)
+            if stream.out_pos < self.size:
+                self.fills.keep(member, stream)
             return b"".join(parts)
         finally:
             self.budget.release(charge)

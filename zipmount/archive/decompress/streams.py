@@ -85,14 +85,15 @@ class Stream:
     def _fail(self, why: str) -> ArchiveError:
         return ArchiveError(f"{self.entry.name}: {why}")
 
-    def decode(self) -> bytes:
-        """The next at most PIECE bytes of the member; b"" at its end (declared size reached).
+    def decode(self, stop: int | None = None) -> bytes:
+        """The next at most PIECE bytes of the member, not past output offset ``stop``; b"" at
+        its end (declared size reached).
 
         Raises ArchiveError on corrupt data, a CRC mismatch (with the piece that ends the
         member) or data that ends before the declared size.
         """
         size = self.entry.size
-        if self.out_pos >= size:
+        if self.out_pos >= (size if stop is None else min(size, stop)):
             return b""
         while True:
             if self.decoder.eof:  # before the declared size: nothing more will come
@@ -116,7 +117,7 @@ class Stream:
                     self.fed_last = True  # one call without input: output the decoder holds
             try:
                 # Pieces end at multiples of the spacing: checkpoints fall exactly there.
-                limit = min(PIECE, size - self.out_pos,
+                limit = min(PIECE, (size if stop is None else min(size, stop)) - self.out_pos,
                             self.spacing - self.out_pos % self.spacing)
                 out = self.decoder.decompress(data, limit)
             except CORRUPT_DATA as exc:
@@ -193,12 +194,13 @@ class MemberStream:
         return self.stream.out_pos if self.stream is not None else 0
 
     def continues(self, offset: int) -> bool:
-        """Whether a read at ``offset`` is served by going on: from the window, a little ahead
-        of it, or (no stream yet) near the member's start."""
+        """Whether a read at ``offset`` is served by going on: from the window, or at most
+        WINDOW ahead of it (no more decoding than from a checkpoint), or (no stream yet) near
+        the member's start."""
         with self._lock:
             if self.stream is None:
                 return offset < WINDOW
-            return self.window_start <= offset <= self.position + PIECE
+            return self.window_start <= offset <= self.position + WINDOW
 
     def needs_restart(self, offset: int) -> bool:
         """Whether a read at ``offset`` would decompress from the member's start to get there

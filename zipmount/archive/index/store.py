@@ -10,15 +10,17 @@ import logging
 import sys
 from array import array
 from collections.abc import Iterable
+from itertools import pairwise
 from typing import Any
 
 from ...cache import DiskTier
 from .naming import build_tree
-from .table import CODES, FIELDS, LINK, Entry, EntryTable
+from .table import CODES, FIELDS, LINK, Entry, EntryTable, SortedKeys
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 5  # 4: permission bits as stored; 5: the central directory's start
+INDEX_VERSION = 6  # 4: permission bits as stored; 5: the central directory's start; 6: the keys
+# as one string
 
 
 def load_index(disk: DiskTier, name: str) -> EntryTable | None:
@@ -48,7 +50,9 @@ def save_index(disk: DiskTier, name: str, entries: EntryTable | Iterable[Entry])
 def _to_doc(table: EntryTable) -> dict[str, Any]:
     """The table as JSON-able data (a disk cache is read by the machine that wrote it)."""
     columns = zip(FIELDS, table.columns, strict=True)
-    return {"version": INDEX_VERSION, "byteorder": sys.byteorder, "keys": table.sorted_keys,
+    keys = table.sorted_keys
+    return {"version": INDEX_VERSION, "byteorder": sys.byteorder, "keys": keys.text,
+            "starts": base64.b64encode(keys.starts.tobytes()).decode(),
             "kinds": base64.b64encode(table.kinds).decode(),
             "columns": {name: base64.b64encode(col.tobytes()).decode() for name, col in columns},
             "targets": {str(i): t for i, t in table.targets.items()}, "cd_start": table.cd_start}
@@ -57,7 +61,13 @@ def _to_doc(table: EntryTable) -> dict[str, Any]:
 def _from_doc(doc: dict[str, Any]) -> EntryTable:
     if doc["byteorder"] != sys.byteorder:
         raise ValueError("written on a machine of another byte order")
-    keys = doc["keys"]
+    text = doc["keys"]
+    starts = array("I")
+    starts.frombytes(base64.b64decode(doc["starts"], validate=True))
+    if (not isinstance(text, str) or not starts or starts[0] != 0 or starts[-1] != len(text)
+            or any(a > b for a, b in pairwise(starts))):
+        raise ValueError("bad keys")
+    keys = SortedKeys(text, starts)
     columns = []
     for name, code in zip(FIELDS, CODES, strict=True):
         col = array(code)
@@ -66,8 +76,8 @@ def _from_doc(doc: dict[str, Any]) -> EntryTable:
     kinds = base64.b64decode(doc["kinds"], validate=True)
     if not all(len(col) == len(keys) for col in columns) or len(kinds) != len(keys):
         raise ValueError("columns of different lengths")
-    if not all(isinstance(k, str) for k in keys) or any(k > LINK for k in kinds):
-        raise ValueError("bad keys or kinds")
+    if any(k > LINK for k in kinds):
+        raise ValueError("bad kinds")
     cd_start = doc["cd_start"]
     if cd_start is not None and not isinstance(cd_start, int):
         raise ValueError("bad cd_start")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import bisect
 import sys
 from array import array
-from collections.abc import ItemsView, Iterable, Iterator, Mapping, ValuesView
-from typing import NamedTuple
+from collections.abc import ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
+from typing import NamedTuple, overload
 
 
 class Entry(NamedTuple):
@@ -41,11 +41,12 @@ I64 = (-(2**63), 2**63 - 1)
 KINDS = ("file", "dir", "link")
 FILE, DIR, LINK = range(3)
 DROPPED = 0xFF  # a row's kind when it is left out of the table
-# Bytes of one row beyond its key string: its pointer in the key list, its kind and its columns
-# (plus what growing arrays keep spare, about an eighth).
-_ROW_BYTES = 8 + 1 + sum(array(code).itemsize for code in CODES) * 9 // 8
+# Bytes of one row beyond its key's characters: its key's start, its kind and its columns (plus
+# what growing arrays keep spare, about an eighth).
+_ROW_BYTES = 4 + 1 + sum(array(code).itemsize for code in CODES) * 9 // 8
 _TARGET_BYTES = 120  # a symlink target kept in a dict: the slot, an int, the string's header
 _new_tuple = tuple.__new__
+_STRIDE = 16  # one key in this many is kept as a string of its own, to search in C
 
 
 def sort_key(name: str) -> str:
@@ -60,9 +61,73 @@ def _name(key: str) -> str:
     return f"{parent}/{base}" if parent else base
 
 
+class SortedKeys(Sequence[str]):
+    """Sort keys in order, held as one string and the start of each key in it: an index is a
+    few large allocations, not one small object per entry, so that loading and dropping
+    thousands of indexes leaves no holes in the heap (one string per key held ~2x the charged
+    memory in a sweep of 3,000 archives). Every :data:`_STRIDE`-th key is also kept as a string
+    of its own, so that a search bisects those in C and then a few keys."""
+
+    def __init__(self, text: str, starts: array) -> None:
+        self.text = text
+        self.starts = starts  # len(self) + 1 offsets, the last one len(text)
+        self._sample = [self[i] for i in range(0, len(self), _STRIDE)]
+
+    @classmethod
+    def of(cls, keys: list[str]) -> SortedKeys:
+        starts = array("I", [0])
+        at = 0
+        for key in keys:
+            at += len(key)
+            starts.append(at)
+        return cls("".join(keys), starts)
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.text[self.starts[i]: self.starts[i + 1]]
+
+    def __iter__(self) -> Iterator[str]:
+        text, starts = self.text, self.starts
+        return (text[starts[i]: starts[i + 1]] for i in range(len(starts) - 1))
+
+    def bisect_left(self, key: str, lo: int = 0) -> int:
+        """The first position at or after ``lo`` whose key is not less than ``key``."""
+        s = bisect.bisect_left(self._sample, key)  # samples before s are < key, s's is >= key
+        lo = max(lo, (s - 1) * _STRIDE + 1) if s else lo
+        hi = min(s * _STRIDE, len(self))
+        text, starts = self.text, self.starts
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if text[starts[mid]: starts[mid + 1]] < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def memory_bytes(self) -> int:
+        """The string, the starts and the sampled keys."""
+        return (sys.getsizeof(self.text) + sys.getsizeof(self.starts) + sys.getsizeof(self._sample)
+                + sum(map(sys.getsizeof, self._sample)))
+
+
 class EntryTable(Mapping[str, Entry]):
-    """Entries by cleaned path, held as sorted keys plus array columns (~100 bytes + the name per
-    entry instead of ~500 for a dict of named tuples); an :class:`Entry` is built on lookup.
+    """Entries by cleaned path, held as sorted keys plus array columns (~65 bytes + the name's
+    characters per entry instead of ~500 for a dict of named tuples); an :class:`Entry` is built
+    on lookup.
 
     ``sorted_keys``, ``kinds``, ``columns`` (in :data:`FIELDS` order) and ``targets`` (row -> symlink
     target) are the table's storage, read by :mod:`.store`; treat them as read-only.
@@ -70,7 +135,7 @@ class EntryTable(Mapping[str, Entry]):
     None for a table not read from an archive.
     """
 
-    def __init__(self, keys: list[str], kinds: bytes, columns: list[array],
+    def __init__(self, keys: SortedKeys, kinds: bytes, columns: list[array],
                  targets: dict[int, str], cd_start: int | None = None) -> None:
         self.cd_start = cd_start
         self.sorted_keys = keys
@@ -78,22 +143,24 @@ class EntryTable(Mapping[str, Entry]):
         self.columns = columns
         self.targets = targets
         self.children = Children(self)
-        self._key_bytes = sum(map(sys.getsizeof, keys))
         self._target_bytes = sum(_TARGET_BYTES + len(t) for t in targets.values())
 
     def memory_bytes(self) -> int:
         """The table's size in memory: its keys, columns and targets (measured within a few
         percent, tests/unit/test_index.py)."""
-        return self._key_bytes + len(self.sorted_keys) * _ROW_BYTES + self._target_bytes
+        keys = self.sorted_keys
+        return keys.memory_bytes() - sys.getsizeof(keys.starts) + len(keys) * _ROW_BYTES \
+            + self._target_bytes
 
     def name_bytes(self) -> int:
         """The mean size of an entry's name as a Python string: what remembering a member by
         its name costs."""
-        return self._key_bytes // len(self.sorted_keys) if self.sorted_keys else sys.getsizeof("")
+        n = len(self.sorted_keys)
+        return sys.getsizeof("") + (len(self.sorted_keys.text) // n if n else 0)
 
     def _index(self, name: str) -> int:
         key = sort_key(name)
-        i = bisect.bisect_left(self.sorted_keys, key)
+        i = self.sorted_keys.bisect_left(key)
         if i < len(self.sorted_keys) and self.sorted_keys[i] == key:
             return i
         return -1
@@ -132,11 +199,12 @@ class EntryTable(Mapping[str, Entry]):
 
     def child_names(self, name: str) -> list[str]:
         """Base names of the entries in directory ``name`` (sorted)."""
+        keys = self.sorted_keys
         prefix = f"{name}\0"
-        lo = bisect.bisect_left(self.sorted_keys, prefix)
-        hi = bisect.bisect_left(self.sorted_keys, f"{name}\x01", lo)
-        cut = len(prefix)
-        return [k[cut:] for k in self.sorted_keys[lo:hi]]
+        lo = keys.bisect_left(prefix)
+        hi = keys.bisect_left(f"{name}\x01", lo)
+        text, starts, cut = keys.text, keys.starts, len(prefix)
+        return [text[starts[i] + cut: starts[i + 1]] for i in range(lo, hi)]
 
     def dir_names(self) -> Iterator[str]:
         return (_name(k) for k, kind in zip(self.sorted_keys, self.kinds, strict=True) if kind == DIR)
@@ -211,11 +279,11 @@ class Rows:
 
     def table(self, kept: list[int], cd_start: int | None) -> EntryTable:
         """The table of the rows ``kept`` (their names unique), sorted by path."""
-        keys = [sort_key(self.names[i]) for i in kept]
-        order = sorted(range(len(kept)), key=keys.__getitem__)
+        unsorted = [sort_key(self.names[i]) for i in kept]
+        order = sorted(range(len(kept)), key=unsorted.__getitem__)
         source = array("l", (kept[j] for j in order))
-        keys = [keys[j] for j in order]
-        del order
+        keys = SortedKeys.of([unsorted[j] for j in order])
+        del order, unsorted
         columns = [array(col.typecode, map(col.__getitem__, source)) for col in self.columns]
         targets = {pos: self.targets[i] for pos, i in enumerate(source) if i in self.targets}
         return EntryTable(keys, bytes(self.kinds[i] for i in source), columns, targets, cd_start)
