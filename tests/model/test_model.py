@@ -45,6 +45,7 @@ from support.stores import (
 
 from zipmount.config import CacheConfig
 from zipmount.engine import Engine
+from zipmount.errors import ZipmountError
 from zipmount.source import StorageOptions
 
 TIMEOUT = 0.25  # the store's and the block cache's deadline (--timeout)
@@ -104,10 +105,11 @@ class Model(RuleBasedStateMachine):
         super().__init__()
         self.ref = Reference()
         self.store = FaultyStore(MemoryStore(), timeout=TIMEOUT)
-        self.handles: dict[int, tuple[object, str, set[int]]] = {}
+        # key -> (the door it was opened through, handle, path, versions it may serve)
+        self.handles: dict[int, tuple[object, object, str, set[int]]] = {}
         self.next_handle = 0
         self.cache_dir = tempfile.mkdtemp(prefix="zipmount-model-")
-        self.engine: Engine | None = None
+        self.engines: list[Engine] = []  # a remount adds one; handles keep theirs
         self.calls = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model-call")
 
     # -- set-up and tear-down -----------------------------------------------------------------------
@@ -124,23 +126,43 @@ class Model(RuleBasedStateMachine):
                 self.store.inner.put(hist.key, hist.record(build_zip(0, files)).data)
             else:
                 hist.ever_absent = True
-        self.engine = Engine(StorageOptions(timeout=TIMEOUT),
-                             CacheConfig(memory=16 << 20, dir=self.cache_dir, ttl=TTL))
-        tree = self.engine.tree_for(self.store, PREFIX + ARCHIVES[0] if self.single else PREFIX,
-                                    ttl=TTL)
-        self.doorway = DOORS[self.door](tree, self.engine.stats, TTL)
+        self.mount("")
         for path, offset, size in opened:
             self.open_and_read(path, [(offset, size)])
 
     def teardown(self) -> None:
         self.store.lift()
-        for handle, _, _ in self.handles.values():
+        for door, handle, _, _ in self.handles.values():
             with contextlib.suppress(OSError):
-                self.doorway.close(handle)
+                door.close(handle)
         self.calls.shutdown(wait=True)
-        if self.engine is not None:
-            self.engine.close()
+        for engine in self.engines:
+            engine.close()
         shutil.rmtree(self.cache_dir, ignore_errors=True)
+
+    def mount(self, _: str) -> None:
+        """A new engine over the same cache directory (another process, or a remount) and its
+        tree behind the door; what it serves within the TTL may come from the cache alone."""
+        engine = Engine(StorageOptions(timeout=TIMEOUT),
+                        CacheConfig(memory=16 << 20, dir=self.cache_dir, ttl=TTL))
+        self.engines.append(engine)
+        try:
+            tree = engine.tree_for(self.store, PREFIX + ARCHIVES[0] if self.single else PREFIX,
+                                   ttl=TTL)
+        except ZipmountError as exc:
+            raise OSError(exc.errno, str(exc)) from None
+        self.doorway = DOORS[self.door](tree, engine.stats, TTL)
+
+    @rule()
+    def remount(self) -> None:
+        """Serve through a new engine on the same cache directory (a second process)."""
+        _, code = self.call("remount", self.mount, "")
+        if code:  # the door in use stays the old one
+            if code == errno.ENOENT and all(h.current is None for h in self.ref.archives.values()):
+                return  # nothing left to mount: a prefix without objects does not exist
+            path = ARCHIVES[0] if self.single else ""
+            problem = self.ref.error_allowed("stat", path, code)
+            assert problem is None, f"remount: {problem}"
 
     def scoped(self, path: str) -> str | None:
         """``path`` as this scenario uses it: with a.zip alone, b.zip's paths stand for a.zip's
@@ -159,7 +181,7 @@ class Model(RuleBasedStateMachine):
         if self.single:  # the door's root is the archive a.zip
             path = path.removeprefix(ARCHIVES[0]).lstrip("/")
         future = self.calls.submit(fn, path, *args)
-        op = what.split(" ", 1)[0]
+        op, t0 = what.split(" ", 1)[0], time.monotonic()
         try:
             result = future.result(timeout=DEADLINE)
             event(f"{op}: answered")
@@ -171,6 +193,10 @@ class Model(RuleBasedStateMachine):
             assert exc.errno is not None, f"{what} raised {exc!r} without an errno"
             event(f"{op}: {errno.errorcode.get(exc.errno, exc.errno)}")
             return None, exc.errno
+        finally:
+            took = (time.monotonic() - t0) / TIMEOUT
+            if took > 1:
+                event(f"a call took {'over 4' if took > 4 else '2-4' if took > 2 else '1-2'} x timeout")
 
     # -- observations ---------------------------------------------------------------------------------
 
@@ -212,7 +238,7 @@ class Model(RuleBasedStateMachine):
         if not candidates:
             self.doorway.close(handle)
             raise AssertionError(f"open {path!r} succeeded: no version has a file there")
-        self.handles[self.next_handle] = (handle, path, candidates)
+        self.handles[self.next_handle] = (self.doorway, handle, path, candidates)
         self.next_handle += 1
         return self.next_handle - 1
 
@@ -232,9 +258,9 @@ class Model(RuleBasedStateMachine):
             self.read_handle(sorted(self.handles)[pick % len(self.handles)], offset, size)
 
     def read_handle(self, key: int, offset: int, size: int) -> None:
-        handle, path, candidates = self.handles[key]
-        got, code = self.call(f"read {path!r} [{offset}, +{size})", self._read, "", handle,
-                              offset, size)
+        door, handle, path, candidates = self.handles[key]
+        got, code = self.call(f"read {path!r} [{offset}, +{size})", self._read, "", door,
+                              handle, offset, size)
         if code:
             problem = self.ref.error_allowed("read", path, code)
             assert problem is None, problem
@@ -243,16 +269,17 @@ class Model(RuleBasedStateMachine):
         assert matching, (f"read {path!r} [{offset}, +{size}) gave {len(got)} bytes that are no "
                           f"version's this handle could serve ({sorted(candidates)}): "
                           "wrong or mixed bytes")
-        self.handles[key] = (handle, path, matching)
+        self.handles[key] = (door, handle, path, matching)
 
-    def _read(self, _: str, handle: object, offset: int, size: int) -> bytes:
-        return self.doorway.read(handle, offset, size)
+    @staticmethod
+    def _read(_: str, door, handle: object, offset: int, size: int) -> bytes:
+        return door.read(handle, offset, size)
 
     @rule(pick=st.integers(0, 15))
     def close(self, pick: int) -> None:
         if self.handles:
-            handle, _, _ = self.handles.pop(sorted(self.handles)[pick % len(self.handles)])
-            self.doorway.close(handle)
+            door, handle, _, _ = self.handles.pop(sorted(self.handles)[pick % len(self.handles)])
+            door.close(handle)
 
     # -- changes on the server --------------------------------------------------------------------------
 
