@@ -143,7 +143,7 @@ class PrefixTree:
         ``.``, ``..``, control characters or over-long components show under a cleaned name;
         None (and a log line) if that name is taken, is the raw view's, or the key cleans to
         nothing."""
-        name = clean_name(key)
+        name = clean_name(key, backslash_separates=False)  # an S3 key: a backslash is a character
         if name is None:
             log.warning("prefix: object %r has no usable name: skipped", key)
             return None
