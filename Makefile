@@ -55,8 +55,12 @@ bench: venv
 	@scripts/ensure-system-deps.sh nginx-light
 	$(VENV)/bin/python -m bench.run
 
+# A long fuzzing run and a long reference-model session (~20 min on an idle 2-core machine);
+# ZIPMOUNT_MODEL_SHRINK=1 shrinks a failure to a minimal sequence (slow).
 fuzz: $(VENV)/.installed
 	ZIPMOUNT_FUZZ_EXAMPLES=20000 $(VENV)/bin/python -m pytest tests/test_fuzz.py
+	ZIPMOUNT_MODEL_EXAMPLES=200 ZIPMOUNT_MODEL_STEPS=50 ZIPMOUNT_MODEL_RANDOM=1 \
+		$(VENV)/bin/python -m pytest tests/model
 
 # The man page and bash/zsh completions, generated from the argument parser, into build/.
 cli-docs: $(VENV)/.installed

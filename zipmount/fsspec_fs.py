@@ -53,21 +53,22 @@ def _executor() -> ThreadPoolExecutor:
         return _pool[1]
 
 
-def _os_error(exc: ZipmountError) -> OSError:
+def _os_error(exc: ZipmountError, where: str = "") -> OSError:
     """The builtin exception for ``exc``: OSError picks FileNotFoundError, PermissionError,
-    IsADirectoryError, ... from the errno. The message already names the path."""
+    IsADirectoryError, ... from the errno. The message names the path, and ``where``: the
+    archive or prefix the filesystem serves."""
     if isinstance(exc, UsageError):
         return ValueError(str(exc))  # type: ignore[return-value]
-    return OSError(exc.errno, str(exc))
+    return OSError(exc.errno, f"{exc} in {where}" if where else str(exc))
 
 
 @contextmanager
-def _boundary() -> Iterator[None]:
+def _boundary(where: str = "") -> Iterator[None]:
     """zipmount errors become builtin OSErrors here, at the boundary only."""
     try:
         yield
     except ZipmountError as exc:
-        raise _os_error(exc) from None
+        raise _os_error(exc, where) from None
 
 
 def _read_only(*_: Any, **__: Any) -> None:
@@ -163,7 +164,7 @@ class ZipmountFileSystem(AbstractFileSystem):
     # -- metadata ---------------------------------------------------------------------------------
 
     def _stat(self, path: str) -> Node:
-        with _boundary():
+        with _boundary(self._options["fo"]):
             return self.tree.stat(path.strip("/"))
 
     @staticmethod
@@ -212,7 +213,7 @@ class ZipmountFileSystem(AbstractFileSystem):
     # -- data -------------------------------------------------------------------------------------
 
     def _reader(self, path: str) -> FileReader:
-        with _boundary():
+        with _boundary(self._options["fo"]):
             return self.tree.open(path.strip("/"))
 
     def _open(self, path: str, mode: str = "rb", block_size: int | None = None,
@@ -233,7 +234,7 @@ class ZipmountFileSystem(AbstractFileSystem):
             stop = size if end is None else (max(0, size + end) if end < 0 else min(end, size))
             if stop <= begin:
                 return b""
-            with _boundary():
+            with _boundary(self._options["fo"]):
                 return reader.read(begin, stop - begin)
         finally:
             reader.close()
@@ -299,7 +300,7 @@ class ZipmountFile(AbstractBufferedFile):
             # that do not exist here. The same member of the same version, opened afresh.
             self.reader = self.fs._reader(self.path)
             self._pid = os.getpid()
-        with _boundary():
+        with _boundary(self.fs._options["fo"]):
             return self.reader.read(start, end - start)
 
     def close(self) -> None:
