@@ -287,12 +287,11 @@ def _return_big_buffers_to_the_os() -> None:
     """Pin glibc's mmap threshold at 1 MiB and the trim threshold at 8 MiB; use two arenas.
 
     glibc raises the mmap threshold (up to 32 MiB) each time a big buffer is freed, after which
-    multi-MiB response buffers come from the heap and the heap keeps the pages: streaming 2 GiB
-    with a 256 MiB memory cap then peaked at 458 MiB RSS (bench, 2026-11-26). Pinning it also
-    pins the trim threshold at its 128 KiB default, so every freed socket buffer or joined
-    block at the top of the heap went back to the OS and was faulted in again: 163k page faults
-    and 0.6 s of system time for a 100 MB cold read; with 8 MiB, 50k and 0.3 s (and 334-336 MiB
-    peak for the 2 GiB stream).
+    multi-MiB response buffers come from the heap and the heap keeps the pages: a long stream
+    then holds far more than the memory cap. Pinning it also pins the trim threshold at its
+    128 KiB default, so every freed socket buffer or joined block at the top of the heap would
+    go back to the OS and be faulted in again; 8 MiB keeps most of them. The measurements:
+    docs/BENCHMARKS.md, "Measurements behind choices in the code".
     """
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6")

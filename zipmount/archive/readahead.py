@@ -7,7 +7,7 @@ from typing import Protocol
 
 READAHEAD_MIN = 1024 * 1024
 # What is in flight must cover the reader's consumption during one round trip: with 8 MiB a
-# cold whole-array read at +60 ms per request waited on every batch (1.48 s; 1.03 s with 32).
+# cold whole-array read at +60 ms per request waited on every batch (docs/BENCHMARKS.md).
 READAHEAD_MAX = 32 * 1024 * 1024
 
 

@@ -3,11 +3,13 @@
 One :class:`BlockCache` serves every archive of a process. Blocks are keyed by the object's
 identity (location, path, ETag, size), so a replaced object can never be served from old blocks.
 ``memory`` holds the memory tier, ``files`` the file store (any layer's named blobs: block runs,
-archive indexes, views, spill files), ``blocks`` the block cache over both.
+archive indexes, views, spill files), ``runs`` the checksummed run files of blocks in it, ``blocks``
+the block cache over both.
 
 Why not fsspec's caches: s3fs/fsspec file caches (``readahead``, ``blockcache``, ``bytes``) live in
-one open file object, in memory only, with 5-50 MB blocks; on the zarr-in-zip workload of
-NOTES.md that served 1,349 MB for ~10 MB of chunks and forgot everything on re-read.
+one open file object, in memory only, with 5-50 MB blocks; on the zarr-in-zip workload (scattered
+small chunks) they fetch whole blocks for each chunk and forget everything on re-read
+(docs/BENCHMARKS.md, "Measurements behind choices in the code").
 ``CachingFileSystem``/``blockcache`` persist whole sparse files with one JSON metadata file rewritten
 per update, have no global size cap or LRU eviction, no per-block checksum, and are not safe for
 several processes writing one directory. What is needed here is small (64 KiB) blocks fetched by

@@ -98,7 +98,7 @@ class KernelCachePolicy:
 
         Only where the kernel has looked up entries of it before: then a listing saves those
         round trips. A listing nothing stats afterwards (``find``) would pay a stat per entry
-        for nothing: 2-3x the time of names only for 10k entries.
+        for nothing (several times the time of names only: docs/BENCHMARKS.md).
         """
         with self._lock:
             return path in self._stat_dirs

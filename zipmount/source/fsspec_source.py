@@ -30,8 +30,9 @@ class Source:
     """The :class:`~zipmount.store.Store` of the daemon and the fsspec front-end: one fsspec
     filesystem plus the policy (deadline, retries, identity checks) to read it.
 
-    The filesystem is built on first use: importing fsspec and s3fs (botocore, aiohttp) costs
-    ~0.6 s, which a mount served from the persisted index (no request at all) never pays.
+    The filesystem is built on first use: importing fsspec and s3fs (botocore, aiohttp) takes a
+    noticeable part of a mount's start (docs/BENCHMARKS.md), which a mount served from the
+    persisted index (no request at all) never pays.
     """
 
     def __init__(self, make_fs: Callable[[], fsspec.AbstractFileSystem], location: str,
