@@ -15,13 +15,13 @@
 
 from __future__ import annotations
 
-import gc
 import io
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
-import tracemalloc
 import zipfile
 
 import pytest
@@ -37,10 +37,7 @@ from robust.harness import (
 )
 from robust.zips import RawMember, plain_zip, random_bytes, raw_zip
 
-from zipmount.config import CacheConfig
-from zipmount.engine import Engine
 from zipmount.fuse.session import MAX_THREADS
-from zipmount.source import StorageOptions
 
 MiB = 2**20
 N_ENTRIES = 100_000
@@ -263,6 +260,49 @@ def _cohort(root, archives: int, entries: int) -> list[str]:
     return sorted(p.name for p in root.iterdir())
 
 
+# The sweep runs in a fresh interpreter: what earlier tests of the same process left alive
+# (engines, trees, pools) must not count as this sweep's heap growth.
+_SWEEP = """
+import gc, json, sys, tracemalloc
+from zipmount.config import CacheConfig
+from zipmount.engine import Engine
+from zipmount.source import StorageOptions
+
+cohort, cache, cap, memory, names, members = json.loads(sys.argv[1])
+engine = Engine(StorageOptions(), CacheConfig(dir=cache, memory=memory, index_memory=cap))
+tree = engine.open_tree(cohort + "/", suffixes=(".rkns",))
+
+
+def sweep(archive):
+    for member in members:
+        reader = tree.open(f"{archive}/{member}")
+        try:
+            assert len(reader.read(0, 100)) == 64
+        finally:
+            reader.close()
+
+
+try:
+    for name in names[:3]:  # warm up: thread pools, imports, first allocations
+        sweep(name)
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    most_charged = 0
+    for name in names[3:]:
+        sweep(name)
+        most_charged = max(most_charged, engine.indexes.used)
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    loaded = len(engine.indexes)
+    print(json.dumps({"most_charged": most_charged, "held": held, "loaded": loaded,
+                      "per_archive": engine.indexes.used / loaded}))
+finally:
+    engine.close()
+"""
+
+
 def test_a_sweep_reading_every_member_of_many_archives_holds_no_more_than_the_caps(tmp_path):
     """In process (the engine and tree a mount uses, over a local directory): 120 archives of 200
     members, every member read, as ``zipmount prefetch`` does. Without the per-member state
@@ -271,38 +311,15 @@ def test_a_sweep_reading_every_member_of_many_archives_holds_no_more_than_the_ca
     names = _cohort(tmp_path / "cohort", archives, entries)
     members = [f"rkns/signals/g{i % 8}/signal/{i // 8}.0" for i in range(entries)]
     cap, memory = 1 * MiB, 1 * MiB
-    engine = Engine(StorageOptions(), CacheConfig(dir=str(tmp_path / "cache"), memory=memory,
-                                                  index_memory=cap))
-    tree = engine.open_tree(f"{tmp_path / 'cohort'}/", suffixes=(".rkns",))
-
-    def sweep(archive: str) -> None:
-        for member in members:
-            reader = tree.open(f"{archive}/{member}")
-            try:
-                assert len(reader.read(0, 100)) == 64
-            finally:
-                reader.close()
-
-    try:
-        for name in names[:3]:  # warm up: thread pools, imports, first allocations
-            sweep(name)
-        gc.collect()
-        tracemalloc.start()
-        base = tracemalloc.get_traced_memory()[0]
-        most_charged = 0
-        for name in names[3:]:
-            sweep(name)
-            most_charged = max(most_charged, engine.indexes.used)
-        gc.collect()
-        held = tracemalloc.get_traced_memory()[0] - base
-        tracemalloc.stop()
-        loaded = len(engine.indexes)
-        per_archive = engine.indexes.used / loaded
-    finally:
-        engine.close()
+    args = [str(tmp_path / "cohort"), str(tmp_path / "cache"), cap, memory, names, members]
+    r = subprocess.run([sys.executable, "-c", _SWEEP, json.dumps(args)], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    most_charged, held, loaded = got["most_charged"], got["held"], got["loaded"]
     print(f"{archives} archives x {entries} members: {loaded} indexes loaded at the end, "
-          f"{per_archive / 1024:.1f} KiB charged each, {most_charged / MiB:.2f} MiB charged at "
-          f"most, heap grew {held / MiB:.2f} MiB (caps: index {cap / MiB:.0f} MiB, blocks "
+          f"{got['per_archive'] / 1024:.1f} KiB charged each, {most_charged / MiB:.2f} MiB charged "
+          f"at most, heap grew {held / MiB:.2f} MiB (caps: index {cap / MiB:.0f} MiB, blocks "
           f"{memory / MiB:.0f} MiB)")
     assert most_charged <= cap
     # What the loaded archives hold, charged or not, plus the block cache, plus what the tree
