@@ -100,25 +100,31 @@ def nginx_etag(st: os.stat_result) -> str:
     return f'"{int(st.st_mtime):x}-{st.st_size:x}"'
 
 
-def write_listing(spec: CohortSpec, root: Path) -> Path:
-    """A ListObjectsV2 answer naming every recording, with the size and ETag nginx serves."""
+def listing_xml(bucket: str, prefix: str, objects: list[tuple[str, Path]]) -> str:
+    """A ListObjectsV2 answer naming ``objects`` (key, local file), with the size and ETag nginx
+    serves for each file."""
     items = []
-    for i in range(spec.recordings):
-        st = (root / BUCKET / key(i)).stat()
+    for name, path in objects:
+        st = path.stat()
         mtime = dt.datetime.fromtimestamp(int(st.st_mtime), dt.timezone.utc)
         items.append(
-            f"<Contents><Key>{escape(key(i))}</Key>"
+            f"<Contents><Key>{escape(name)}</Key>"
             f"<LastModified>{mtime.strftime('%Y-%m-%dT%H:%M:%S.000Z')}</LastModified>"
             f"<ETag>{escape(nginx_etag(st))}</ETag><Size>{st.st_size}</Size>"
             "<StorageClass>STANDARD</StorageClass></Contents>")
-    xml = ('<?xml version="1.0" encoding="UTF-8"?>\n'
-           '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
-           f"<Name>{BUCKET}</Name><Prefix>{PREFIX}</Prefix><KeyCount>{len(items)}</KeyCount>"
-           f"<MaxKeys>{max(1000, len(items))}</MaxKeys><IsTruncated>false</IsTruncated>"
-           + "".join(items) + "</ListBucketResult>\n")
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n'
+            '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            f"<Name>{bucket}</Name><Prefix>{prefix}</Prefix><KeyCount>{len(items)}</KeyCount>"
+            f"<MaxKeys>{max(1000, len(items))}</MaxKeys><IsTruncated>false</IsTruncated>"
+            + "".join(items) + "</ListBucketResult>\n")
+
+
+def write_listing(spec: CohortSpec, root: Path) -> Path:
+    """A ListObjectsV2 answer naming every recording, with the size and ETag nginx serves."""
+    objects = [(key(i), root / BUCKET / key(i)) for i in range(spec.recordings)]
     out = root / "_list" / "cohort.xml"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(xml)
+    out.write_text(listing_xml(BUCKET, PREFIX, objects))
     return out
 
 

@@ -15,7 +15,6 @@ along; its stats give the loaded indexes at the end.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import io
 import json
 import os
@@ -26,9 +25,8 @@ import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from xml.sax.saxutils import escape
 
-from bench.cohort import nginx_etag
+from bench.cohort import listing_xml
 from bench.contenders import RssSampler
 from bench.servers import Nginx, Reaper
 
@@ -82,21 +80,9 @@ def make_cohort(archives: int, entries: int) -> Path:
 
 def _write_listing(root: Path, paths: list[Path]) -> None:
     """A ListObjectsV2 answer naming every archive, with the size and ETag nginx serves."""
-    items = []
-    for path in paths:
-        st = path.stat()
-        mtime = dt.datetime.fromtimestamp(int(st.st_mtime), dt.timezone.utc)
-        items.append(f"<Contents><Key>{escape(PREFIX + path.name)}</Key>"
-                     f"<LastModified>{mtime.strftime('%Y-%m-%dT%H:%M:%S.000Z')}</LastModified>"
-                     f"<ETag>{escape(nginx_etag(st))}</ETag><Size>{st.st_size}</Size>"
-                     "<StorageClass>STANDARD</StorageClass></Contents>")
-    xml = ('<?xml version="1.0" encoding="UTF-8"?>\n'
-           '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
-           f"<Name>{BUCKET}</Name><Prefix>{PREFIX}</Prefix><KeyCount>{len(items)}</KeyCount>"
-           f"<MaxKeys>{max(1000, len(items))}</MaxKeys><IsTruncated>false</IsTruncated>"
-           + "".join(items) + "</ListBucketResult>\n")
     (root / "_list").mkdir(exist_ok=True)
-    (root / "_list" / f"{BUCKET}.xml").write_text(xml)
+    (root / "_list" / f"{BUCKET}.xml").write_text(
+        listing_xml(BUCKET, PREFIX, [(PREFIX + path.name, path) for path in paths]))
 
 
 def _stats(mountpoint: str) -> dict:
