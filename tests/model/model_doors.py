@@ -98,7 +98,7 @@ class _TreeFileSystem(ZipmountFileSystem):
         AbstractFileSystem.__init__(self, **kwargs)
         self._tree = tree
         self._pid = os.getpid()
-        self._options = {}
+        self._options = {"fo": "memory://model"}  # what its errors name
 
 
 class FsspecDoor:
