@@ -25,9 +25,9 @@ and prints:
   daemon's peak RSS against ``--memory``;
 - the wheel-import case (issue 18's headline): ``import torch`` in a fresh interpreter from the
   PyTorch CPU wheel mounted as it is (fresh disk cache, default ``--memory``, the wheel's page
-  cache dropped) vs from a copy extracted once to local disk (its page cache dropped), then a
-  second import on the same mount vs local warm, three times; medians, spread, daemon CPU and
-  peak RSS.
+  cache dropped) vs from a copy extracted once to local disk (its page cache dropped), bytecode
+  written to a fresh ``pycache_prefix`` on both sides, then a second import on the same mount vs
+  local warm, three times; medians, spread, daemon CPU and peak RSS.
 
 Every mount is unmounted at the end, also on error or Ctrl-C. Takes a few minutes.
 """
@@ -338,13 +338,16 @@ def drop_tree_page_cache(root: Path) -> None:
     drop_page_cache(*(Path(d, f) for d, _, files in os.walk(root) for f in files))
 
 
-def import_torch(path: Path) -> float:
+def import_torch(path: Path, pycache: Path) -> float:
     """Wall time of a fresh interpreter importing torch from ``path`` first on ``sys.path``
-    (``-I``: the environment's own torch would be found only after it); checks which torch."""
+    (``-I``: the environment's own torch would be found only after it); checks which torch.
+    Bytecode goes to ``pycache`` (``-X pycache_prefix``) on both sides: a mount is read-only, so
+    without it every import from the mount compiles torch's sources again while the local copy
+    reads the ``__pycache__`` its first import wrote."""
     code = f"import sys; sys.path.insert(0, {str(path)!r}); import torch; print(torch.__file__)"
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    out = subprocess.run([sys.executable, "-I", "-X", f"pycache_prefix={pycache}", "-c", code],
+                         capture_output=True, text=True, check=True).stdout.strip()
     took = time.monotonic() - t0
     if not out.startswith(str(path) + os.sep):
         raise RuntimeError(f"imported torch from {out}, not from {path}")
@@ -365,14 +368,16 @@ def wheel_import(repeats: int = 3) -> None:
                                                     "mount warm", "daemon CPU cold", "peak RSS")}
     for run in range(repeats):
         drop_tree_page_cache(local)
-        runs["local cold"].append(import_torch(local))
-        runs["local warm"].append(import_torch(local))
-        with fresh_cache() as cache, mount(TORCH_WHEEL, *cache) as (mp, pid):
+        with tempfile.TemporaryDirectory(dir=WORK) as pycache:
+            runs["local cold"].append(import_torch(local, Path(pycache)))
+            runs["local warm"].append(import_torch(local, Path(pycache)))
+        with (fresh_cache() as cache, mount(TORCH_WHEEL, *cache) as (mp, pid),
+              tempfile.TemporaryDirectory(dir=WORK) as pycache):
             drop_page_cache(TORCH_WHEEL)
             cpu = cpu_seconds(pid)
-            runs["mount cold"].append(import_torch(mp))
+            runs["mount cold"].append(import_torch(mp, Path(pycache)))
             runs["daemon CPU cold"].append(cpu_seconds(pid) - cpu)
-            runs["mount warm"].append(import_torch(mp))
+            runs["mount warm"].append(import_torch(mp, Path(pycache)))
             runs["peak RSS"].append(peak_rss_mib(pid))
             counters = daemon_counters(mp)
         print(f"run {run + 1}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in runs.items())
