@@ -1,6 +1,6 @@
 """Compressed-member reads through a real mount: sequential speed and random-read cost.
 
-    .venv/bin/python -m bench.members [--case cat|first-pass|loader ...]
+    .venv/bin/python -m bench.members [--case cat|first-pass|loader|wheel-import ...]
 
 Builds (once, under ``.bench/members/``) a zip with a 2 GiB deflated member of zeros (~2 MB
 compressed) and one with a 300 MB deflated member of word-salad text, mounts each from its local
@@ -22,7 +22,12 @@ and prints:
   pages at random), from a fresh mount with a fresh disk cache vs from an extracted copy on local
   disk, page cache dropped (``posix_fadvise(DONTNEED)`` of the files involved) both times; then
   again on the same mount (page cache as the kernel kept it, and dropped) vs local warm; the
-  daemon's peak RSS against ``--memory``.
+  daemon's peak RSS against ``--memory``;
+- the wheel-import case (issue 18's headline): ``import torch`` in a fresh interpreter from the
+  PyTorch CPU wheel mounted as it is (fresh disk cache, default ``--memory``, the wheel's page
+  cache dropped) vs from a copy extracted once to local disk (its page cache dropped), bytecode
+  written to a fresh ``pycache_prefix`` on both sides, then a second import on the same mount vs
+  local warm, three times; medians, spread, daemon CPU and peak RSS.
 
 Every mount is unmounted at the end, also on error or Ctrl-C. Takes a few minutes.
 """
@@ -36,11 +41,13 @@ import mmap
 import os
 import random
 import shutil
+import statistics
 import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -308,8 +315,87 @@ def loader() -> None:
           f"daemon peak RSS {rss:.0f} MiB (--memory 256 MiB; target <= +100 MiB)")
 
 
+TORCH_WHEEL = Path("/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl")
+DEFAULT_MEMORY_MIB = 256
+
+
+def ensure_extracted_wheel(wheel: Path) -> Path:
+    """The wheel extracted once under ``.bench/members/`` (the local copy)."""
+    local = WORK / wheel.stem
+    if not local.exists():
+        t0 = time.monotonic()
+        tmp = local.with_suffix(".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extractall(tmp)
+        tmp.rename(local)
+        print(f"extracted {wheel.name} in {time.monotonic() - t0:.1f}s")
+    return local
+
+
+def drop_tree_page_cache(root: Path) -> None:
+    """Drop the kernel's cached pages of every file under ``root``."""
+    drop_page_cache(*(Path(d, f) for d, _, files in os.walk(root) for f in files))
+
+
+def import_torch(path: Path, pycache: Path) -> float:
+    """Wall time of a fresh interpreter importing torch from ``path`` first on ``sys.path``
+    (``-I``: the environment's own torch would be found only after it); checks which torch.
+    Bytecode goes to ``pycache`` (``-X pycache_prefix``) on both sides: a mount is read-only, so
+    without it every import from the mount compiles torch's sources again while the local copy
+    reads the ``__pycache__`` its first import wrote."""
+    code = f"import sys; sys.path.insert(0, {str(path)!r}); import torch; print(torch.__file__)"
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-I", "-X", f"pycache_prefix={pycache}", "-c", code],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    took = time.monotonic() - t0
+    if not out.startswith(str(path) + os.sep):
+        raise RuntimeError(f"imported torch from {out}, not from {path}")
+    return took
+
+
+def _spread(values: list[float]) -> str:
+    return f"median {statistics.median(values):.2f}s (min {min(values):.2f}, max {max(values):.2f})"
+
+
+def wheel_import(repeats: int = 3) -> None:
+    """``import torch`` from the mounted wheel vs an extracted copy, cold and warm."""
+    if not TORCH_WHEEL.exists():
+        raise SystemExit(f"no wheel at {TORCH_WHEEL}")
+    local = ensure_extracted_wheel(TORCH_WHEEL)
+    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+    runs: dict[str, list[float]] = {k: [] for k in ("local cold", "local warm", "mount cold",
+                                                    "mount warm", "daemon CPU cold", "peak RSS")}
+    for run in range(repeats):
+        drop_tree_page_cache(local)
+        with tempfile.TemporaryDirectory(dir=WORK) as pycache:
+            runs["local cold"].append(import_torch(local, Path(pycache)))
+            runs["local warm"].append(import_torch(local, Path(pycache)))
+        with (fresh_cache() as cache, mount(TORCH_WHEEL, *cache) as (mp, pid),
+              tempfile.TemporaryDirectory(dir=WORK) as pycache):
+            drop_page_cache(TORCH_WHEEL)
+            cpu = cpu_seconds(pid)
+            runs["mount cold"].append(import_torch(mp, Path(pycache)))
+            runs["daemon CPU cold"].append(cpu_seconds(pid) - cpu)
+            runs["mount warm"].append(import_torch(mp, Path(pycache)))
+            runs["peak RSS"].append(peak_rss_mib(pid))
+            counters = daemon_counters(mp)
+        print(f"run {run + 1}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in runs.items())
+              + f"; counters {json.dumps(counters, sort_keys=True)}")
+    cold = [m / v for m, v in zip(runs["mount cold"], runs["local cold"], strict=True)]
+    warm = [m / v for m, v in zip(runs["mount warm"], runs["local warm"], strict=True)]
+    for name in ("local cold", "mount cold", "local warm", "mount warm", "daemon CPU cold"):
+        print(f"{name}: {_spread(runs[name])}")
+    print(f"mount / local cold: median {statistics.median(cold):.2f}x (min {min(cold):.2f}, max "
+          f"{max(cold):.2f}; target <= 1.25x); warm: median {statistics.median(warm):.2f}x (min "
+          f"{min(warm):.2f}, max {max(warm):.2f}; target <= 1.1x); daemon peak RSS max "
+          f"{max(runs['peak RSS']):.0f} MiB (--memory {DEFAULT_MEMORY_MIB} MiB; target <= "
+          f"{DEFAULT_MEMORY_MIB + 100} MiB)")
+
+
 def main() -> None:
-    cases = {"cat": cat_and_checkpoints, "first-pass": after_the_first_pass, "loader": loader}
+    cases = {"cat": cat_and_checkpoints, "first-pass": after_the_first_pass, "loader": loader,
+             "wheel-import": wheel_import}
     parser = argparse.ArgumentParser(prog="python -m bench.members")
     parser.add_argument("--case", choices=sorted(cases), action="append",
                         help="run only this case (repeatable; default: all)")
