@@ -187,7 +187,7 @@ class MountModel(RuleBasedStateMachine):
         if code:
             problem = self.ref.error_allowed("read", path, code)
             if code == errno.ENOENT and self.ref.current_view(path) is None:
-                problem = None  # KNOWN DEFECT, see the xfail test at the end of this file
+                problem = None  # a known defect: see the xfail test at the end of this file
             assert problem is None, f"{what}: {problem}"
             return
         matching = self.ref.read_matches(path, candidates, offset, size, got)
@@ -290,9 +290,10 @@ def test_a_real_mount_of_a_prefix_on_a_real_s3_server_keeps_every_promise_of_the
         ([Phase.shrink] if os.environ.get("ZIPMOUNT_MODEL_SHRINK") else [])))
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: the kernel revalidates an open file's size "
-                   "with a GETATTR by path (auto_inval_data), and ZipOperations.getattr answers "
-                   "from the current tree, ignoring the handle: ENOENT once the member is gone")
+@pytest.mark.xfail(strict=True, reason="known defect: the read fails with ENOENT though the daemon "
+                   "logs no failed read; most likely the kernel's GETATTR of the open file "
+                   "(auto_inval_data) fails: ZipOperations.getattr answers by path from the "
+                   "current tree and ignores the handle's pinned version")
 def test_a_handle_open_on_an_archive_deleted_on_the_server_reads_its_version_or_estale(st):
     files = {"z.bin": (200_000, 2, False)}
     v0 = build_zip(0, files)
