@@ -290,10 +290,9 @@ def test_a_real_mount_of_a_prefix_on_a_real_s3_server_keeps_every_promise_of_the
         ([Phase.shrink] if os.environ.get("ZIPMOUNT_MODEL_SHRINK") else [])))
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: the read fails with ENOENT though the daemon "
-                   "logs no failed read; most likely the kernel's GETATTR of the open file "
-                   "(auto_inval_data) fails: ZipOperations.getattr answers by path from the "
-                   "current tree and ignores the handle's pinned version")
+@pytest.mark.xfail(strict=True, reason="known defect: before the read the kernel sends a GETATTR "
+                   "with the open file's handle (auto_inval_data); ZipOperations.getattr answers "
+                   "by path from the current tree, ignoring the handle's pinned version: ENOENT")
 def test_a_handle_open_on_an_archive_deleted_on_the_server_reads_its_version_or_estale(st):
     files = {"z.bin": (200_000, 2, False)}
     v0 = build_zip(0, files)
