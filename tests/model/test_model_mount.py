@@ -186,14 +186,27 @@ class MountModel(RuleBasedStateMachine):
         got, code = self.call(what, _pread, fd, offset, size, direct)
         if code:
             problem = self.ref.error_allowed("read", path, code)
-            if code == errno.ENOENT and self.ref.current_view(path) is None:
-                problem = None  # a known defect: see the xfail test at the end of this file
+            if code == errno.ENOENT and self.ref.error_allowed("stat", path, code) is None:
+                problem = None  # a known defect: see the xfail tests at the end of this file
             assert problem is None, f"{what}: {problem}"
             return
-        matching = self.ref.read_matches(path, candidates, offset, size, got)
+        matching = self.ref.read_matches(path, candidates, offset, size, got) or \
+            self.clipped_to_current(path, candidates, offset, size, got)
         assert matching, (f"{what} gave {len(got)} bytes that are no version's this handle "
                           f"could serve ({sorted(candidates)}): wrong or mixed bytes")
         self.handles[key] = (fd, path, direct, matching)
+
+    def clipped_to_current(self, path: str, candidates: set[int], offset: int, size: int,
+                           data: bytes) -> set[int]:
+        """A known defect (see the xfail tests at the end of this file): the candidates whose
+        bytes start with ``data`` cut where another version's member ends (the kernel takes the
+        size of an open file from a GETATTR the daemon answers by path, from its current view)."""
+        hist, inner = self.ref.split(path)
+        if not any(len(data) == max(0, min(size, v.size(inner) - offset))
+                   for v in hist.versions if v.kind(inner) == "file"):
+            return set()
+        return {n for n in candidates
+                if hist.versions[n].files[inner][offset: offset + size].startswith(data)}
 
     @rule(pick=hs.integers(0, 15))
     def close(self, pick: int) -> None:
@@ -306,6 +319,28 @@ def test_a_handle_open_on_an_archive_deleted_on_the_server_reads_its_version_or_
             st.delete("model-mount-deleted/a.zip")
             time.sleep(TTL)
             assert wait_for(lambda: os.listdir(h.mountpoint) == ["b.zip"], SETTLE_WITHIN, 0.2)
+            out = guarded(lambda: os.pread(fd, 4096, 150_000), DEADLINE)
+            assert out.error == errno.ESTALE or out.value == want[150_000:154_096], out
+        finally:
+            os.close(fd)
+
+
+@pytest.mark.xfail(strict=True, reason="known defect: the kernel takes the open file's size from a "
+                   "GETATTR that ZipOperations.getattr answers by path from the current tree, so "
+                   "reads of the pinned version stop where the new version's member ends")
+def test_a_handle_open_on_a_member_that_shrank_on_the_server_reads_its_whole_version(st):
+    key = "model-mount-shrunk/a.zip"
+    v0 = build_zip(0, {"z.bin": (200_000, 2, False)})
+    st.put(key, v0)
+    with st.mounted("model-mount-shrunk/", "--ttl", str(TTL), "--timeout", str(TIMEOUT)) as h:
+        path = h.mountpoint / "a.zip" / "z.bin"
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            want = Reference().archive("a.zip", "").record(v0).files["z.bin"]
+            assert os.pread(fd, 100, 0) == want[:100]
+            st.put(key, build_zip(1, {"z.bin": (5000, 3, False)}))
+            time.sleep(TTL)
+            assert wait_for(lambda: os.stat(path).st_size == 5000, SETTLE_WITHIN, 0.2)
             out = guarded(lambda: os.pread(fd, 4096, 150_000), DEADLINE)
             assert out.error == errno.ESTALE or out.value == want[150_000:154_096], out
         finally:
