@@ -447,6 +447,27 @@ def test_a_member_read_once_at_a_few_offsets_decodes_only_around_them(workdir):
         assert counters["cell_bytes_decoded"] <= 3 * ck.CHECKPOINT_EVERY
 
 
+def test_a_reader_walking_over_cells_decoded_before_decodes_nothing(workdir, monkeypatch):
+    # a loader's page faults walk on (readahead) over a member a jump already decoded: the
+    # kept cells serve them, no stream decodes from a checkpoint again
+    with opened(write_zip(workdir, [member("big", DEFLATE, CELLS_PLAIN)]),
+                memory=64 * MiB) as archive:
+        entry = archive.entries["big"]
+        jump = archive.reader(entry)
+        last = len(CELLS_PLAIN) - 4096
+        assert jump.read(last, 4096) == CELLS_PLAIN[last:]  # decodes every cell on the way
+        jump.close()
+        decoded = []
+        real = st.Stream.decode
+        monkeypatch.setattr(st.Stream, "decode",
+                            lambda self, stop=None: decoded.append(1) or real(self, stop))
+        walker = archive.reader(entry)
+        for offset in range(0, len(CELLS_PLAIN), MiB):
+            assert walker.read(offset, MiB) == CELLS_PLAIN[offset: offset + MiB], offset
+        walker.close()
+        assert not decoded, f"{len(decoded)} pieces decoded again"
+
+
 def test_reads_in_order_arriving_out_of_order_stay_with_the_stream(workdir):
     # the kernel's readahead: 1 MiB READs of a sequential reader, a few in flight at once,
     # answered in any order (here: each group of 4 shuffled)

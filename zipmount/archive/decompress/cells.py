@@ -149,6 +149,13 @@ class DecodedCells:
             return whole[offset - start: end - start]
         return self.cache.read(self.key, self.size, offset, end, self._on_demand)
 
+    def holds(self, offset: int, size: int) -> bool:
+        """Whether every cell of ``[offset, offset + size)`` is kept (a read of it decodes
+        nothing: cheaper than any decode, also for a reader walking on)."""
+        end = min(offset + size, self.size)
+        return offset < end and all(self._held(start) for start in
+                                    range(offset // CELL * CELL, end, CELL))
+
     def _held(self, start: int) -> bool:
         """Whether the cell at ``start`` is in the memory tier or a run file (its first block)."""
         index = start // self.cache.block_size
