@@ -22,12 +22,13 @@ from typing import Any
 
 from ..errors import ZipmountError
 from ..stats import STATS_XATTR, Stats
-from ..tree import FileReader, Tree
+from ..tree import DirEntry, FileReader, Node, Tree
 from .policy import KernelCachePolicy
 
 log = logging.getLogger(__name__)
 
 _KIND_BITS = {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "link": stat.S_IFLNK}
+_DIR_ONLY = {"st_mode": stat.S_IFDIR}  # what a listing tells of "." and ".."
 
 # libfuse 3 capability flags (fuse_common.h)
 FUSE_CAP_AUTO_INVAL_DATA = 1 << 12
@@ -119,7 +120,10 @@ class ZipOperations:
     # -- metadata -------------------------------------------------------------------------------
 
     def _attrs(self, path: str) -> dict[str, Any]:
-        node = self.tree.stat(path)
+        return self._attrs_of(path, self.tree.stat(path))
+
+    def _attrs_of(self, path: str, node: Node) -> dict[str, Any]:
+        """The attributes answered for ``path``, whose node is ``node`` (told to the policy)."""
         if node.version:
             self.policy.attributes_sent(path, node.version)
         return {
@@ -153,25 +157,23 @@ class ZipOperations:
 
     @_translated
     def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
-        dot = {"st_mode": stat.S_IFDIR}
-        return [(".", dot, 0), ("..", dot, 0),
+        return [(".", _DIR_ONLY, 0), ("..", _DIR_ONLY, 0),
                 *((name, {"st_mode": _KIND_BITS[kind]}, 0) for name, kind in self.tree.listdir(path))]
 
     @_translated
     def readdir_plus(self, path: str, offset: int) -> Iterator[tuple[str, dict[str, Any], bool]]:
         """(name, attributes, complete) of the entries from index ``offset`` on (``.`` and ``..``
         first, as in ``readdir``): a READDIRPLUS answers the lookups of its entries too."""
-        entries = [(".", "dir"), ("..", "dir"), *self.tree.listdir(path)][offset:]
-        return (self._entry_plus(path, name, kind, plain=index + offset < 2)
-                for index, (name, kind) in enumerate(entries))
+        entries = self.tree.scandir(path)
+        dots = [(name, _DIR_ONLY, False) for name in (".", "..")[offset:]]
+        return itertools.chain(dots, (self._entry_plus(path, entry)
+                                      for entry in entries[max(0, offset - 2):]))
 
-    def _entry_plus(self, path: str, name: str, kind: str, plain: bool) -> tuple[str, dict[str, Any], bool]:
-        if not plain:
-            try:
-                return name, self._attrs(_child(path, name)), True
-            except ZipmountError:  # looked up (and its error told) on its own
-                pass
-        return name, {"st_mode": _KIND_BITS[kind]}, False
+    def _entry_plus(self, path: str, entry: DirEntry) -> tuple[str, dict[str, Any], bool]:
+        try:
+            return entry.name, self._attrs_of(_child(path, entry.name), entry.node()), True
+        except ZipmountError:  # looked up (and its error told) on its own
+            return entry.name, {"st_mode": _KIND_BITS[entry.kind]}, False
 
     @_translated
     def readlink(self, path: str) -> str:

@@ -8,13 +8,13 @@ import time
 from ..errors import ObjectChanged
 from ..store import ObjectInfo
 from .archive_tree import ArchiveSlot, ArchiveTree, Reach
-from .base import DEFAULT_SUFFIXES, FileReader, Node, Tree
+from .base import DEFAULT_SUFFIXES, DirEntry, FileReader, Node, Tree
 from .prefix import PrefixTree
 from .views import remember_view, remembered_view
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_SUFFIXES", "ArchiveTree", "FileReader", "Node", "PrefixTree", "Reach", "Tree",
+__all__ = ["DEFAULT_SUFFIXES", "ArchiveTree", "DirEntry", "FileReader", "Node", "PrefixTree", "Reach", "Tree",
            "View", "open_tree", "view_of"]
 
 View = tuple[list[ObjectInfo], bool, float]  # objects, one archive?, seconds since checked

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import posixpath
 import threading
@@ -23,8 +24,9 @@ from ..errors import (
 )
 from ..stats import Stats
 from ..store import ObjectInfo, Store
-from .base import DIR_MODE, FileReader, Node
+from .base import DIR_MODE, DirEntry, FileReader, Node
 from .indexes import IndexLRU
+from .listings import Listings
 from .views import remember_view
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,8 @@ class WatchedReader(MemberReader):
         except ObjectChanged:
             self.slot.expire()
             raise
+        finally:
+            self.slot.grew()
 
     def close(self) -> None:
         self.reader.close()
@@ -78,6 +82,11 @@ class ArchiveSlot:
         self.remember_as = remember_as  # the mount path whose view a revalidation updates
         self.stale = False
         self._archive: Archive | None = None
+        self._listings: Listings | None = None  # of _archive's directories
+        # (archive, growth, bytes): what index_bytes measured, valid while the archive and
+        # ``_growth`` (bumped whenever its per-member state may grow) stay the same
+        self._measured: tuple[Archive, int, int] | None = None
+        self._growth = 0
         self._broken: ZipmountError | None = None
         self._checked = time.monotonic() - age  # when the identity was last confirmed
         self._revalidating = False
@@ -101,7 +110,8 @@ class ArchiveSlot:
             if obj.etag != self.obj.etag or obj.size != self.obj.size:
                 log.info("archive %s changed on the server (ETag %s -> %s)", obj.path,
                          self.obj.etag, obj.etag)
-                self.obj, self._archive, self._broken = obj, None, None
+                self.obj, self._broken = obj, None
+                self._forget_archive()
                 self.stale = False
                 self.reach.indexes.forget(self)
             elif self.deleted:  # deleted, now back
@@ -136,12 +146,36 @@ class ArchiveSlot:
 
     def drop_index(self) -> None:
         """Forget the loaded index (the LRU's call); open handles keep the one they have."""
-        self._archive = None
+        self._forget_archive()
+
+    def _forget_archive(self) -> None:
+        self._archive = self._listings = self._measured = None
+
+    def grew(self) -> None:
+        """The open archive's per-member state may have grown (a member was opened or read):
+        its next charge measures it again."""
+        self._growth += 1
 
     def index_bytes(self) -> int:
-        """What the loaded archive holds in memory (the LRU's charge)."""
+        """What the loaded archive and its kept listings hold in memory (the LRU's charge, asked
+        at every use: measured again only once the archive's state may have grown)."""
         archive = self._archive
-        return archive.memory_bytes() if archive is not None else 0
+        if archive is None:
+            return 0
+        growth, measured = self._growth, self._measured
+        if measured is None or measured[0] is not archive or measured[1] != growth:
+            measured = self._measured = (archive, growth, archive.memory_bytes())
+        listings = self._listings
+        kept = listings.memory_bytes() if listings is not None and listings.archive is archive else 0
+        return measured[2] + kept
+
+    def listings(self, archive: Archive) -> Listings:
+        """The kept listings of ``archive``'s directories (none yet for a new version or a
+        reloaded index)."""
+        listings = self._listings
+        if listings is None or listings.archive is not archive:
+            listings = self._listings = Listings(archive)
+        return listings
 
     def _open(self, strict: bool) -> Archive | None:
         reach = self.reach
@@ -180,7 +214,8 @@ class ArchiveSlot:
         except ObjectNotFound:
             log.warning("archive %s was deleted on the server", self.obj.path)
             with self._lock:
-                self._archive, self._broken = None, ObjectNotFound(f"{self.obj.path}: deleted")
+                self._broken = ObjectNotFound(f"{self.obj.path}: deleted")
+                self._forget_archive()
             self.reach.indexes.forget(self)
             return
         except SourceError as exc:
@@ -241,7 +276,10 @@ class ArchiveTree:
             if inner:
                 raise NotFound(path)
             return self.slot.node()
-        entry = self._entry(archive, self._name(inner))
+        return self._node(archive, self._entry(archive, self._name(inner)))
+
+    def _node(self, archive: Archive, entry: Entry | None) -> Node:
+        """The node of ``entry`` (None: the tree's root)."""
         if entry is None:
             node = self.slot.node()
             return Node("dir", 0, node.mtime_ns, DIR_MODE,
@@ -254,17 +292,29 @@ class ArchiveTree:
                     entry.method, nlink=entry.nlink, version=archive.member_version(entry))
 
     def listdir(self, path: str) -> list[tuple[str, str]]:
+        return [(entry.name, entry.kind) for entry in self.scandir(path)]
+
+    def scandir(self, path: str) -> list[DirEntry]:
         archive = self._archive()
         if archive is None:
             if path.strip("/"):
                 raise NotFound(path)
             return []
         name = self._name(path)
-        names = archive.children.get(name)
-        if names is None:
-            raise NotADirectory(path) if name in archive.entries else NotFound(path)
-        prefix = f"{name}/" if name else ""
-        return [(n, archive.entries[prefix + n].kind) for n in names]
+        listings = self.slot.listings(archive)
+        listing = listings.get(name)
+        if listing is None:
+            names = archive.children.get(name)
+            if names is None:
+                raise NotADirectory(path) if name in archive.entries else NotFound(path)
+            prefix = f"{name}/" if name else ""
+            child = functools.partial(self._child_node, archive, prefix)
+            listing = [DirEntry(n, archive.entries[prefix + n].kind, child) for n in names]
+            listings.put(name, listing)
+        return listing
+
+    def _child_node(self, archive: Archive, prefix: str, name: str) -> Node:
+        return self._node(archive, archive.entries[prefix + name])
 
     def _file(self, path: str) -> tuple[Archive, Entry]:
         archive = self._archive()
@@ -282,6 +332,8 @@ class ArchiveTree:
         except ObjectChanged:  # the local header read
             self.slot.expire()
             raise
+        finally:
+            self.slot.grew()
 
     def readlink(self, path: str) -> str:
         archive, entry = self._file(path)
@@ -292,6 +344,8 @@ class ArchiveTree:
         except ObjectChanged:
             self.slot.expire()
             raise
+        finally:
+            self.slot.grew()
 
     def open_archives(self) -> int:
         return int(self.slot.is_open)

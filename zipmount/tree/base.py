@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,6 +23,26 @@ class Node:
     method: int | None = None  # zip compression method of a member
     nlink: int = 1  # directories: 2 + subdirectories
     version: str = ""  # files: which archive version and member the attributes describe
+
+
+class DirEntry:
+    """One child of a directory as a listing gives it: its name, its kind and, on demand, its
+    node (asked once: a listing kept for one archive version keeps its entries' nodes too)."""
+
+    __slots__ = ("name", "kind", "_stat", "_node")
+
+    def __init__(self, name: str, kind: str, stat: Callable[[str], Node]) -> None:
+        self.name = name
+        self.kind = kind
+        self._stat = stat  # the node of a child by name (shared by the listing's entries)
+        self._node: Node | None = None
+
+    def node(self) -> Node:
+        """What ``stat`` answers for this child (raises as it does)."""
+        node = self._node
+        if node is None:
+            node = self._node = self._stat(self.name)
+        return node
 
 
 class FileReader(Protocol):
@@ -48,6 +69,10 @@ class Tree(Protocol):
 
     def listdir(self, path: str) -> list[tuple[str, str]]:
         """(name, kind) of each child of the directory ``path``, sorted by name."""
+
+    def scandir(self, path: str) -> Sequence[DirEntry]:
+        """The children of the directory ``path`` as in ``listdir``, each with its node on
+        demand (what ``stat`` of it answers); treat the sequence as read-only."""
 
     def open(self, path: str) -> FileReader:
         """A reader of the file at ``path``; close it when done."""

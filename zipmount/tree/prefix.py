@@ -15,6 +15,7 @@ included (to copy, checksum or hand an archive to a zip tool). Like ZFS's ``.zfs
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -24,7 +25,7 @@ from ..archive import clean_name
 from ..errors import IsADirectory, NotADirectory, NotASymlink, NotFound, ObjectNotFound, SourceError
 from ..store import ObjectInfo
 from .archive_tree import ArchiveSlot, ArchiveTree, Reach
-from .base import DIR_MODE, FileReader, Node
+from .base import DIR_MODE, DirEntry, FileReader, Node
 from .objects import ObjectReader, object_node
 from .views import remember_view
 
@@ -255,6 +256,18 @@ class PrefixTree:
             raise NotFound(path)
         prefix = f"{inner}/" if inner else ""
         return [(n, "file" if f"{prefix}{n}" in listing.files else "dir") for n in sorted(names)]
+
+    def scandir(self, path: str) -> list[DirEntry]:
+        tree, inner = self._split(self._fresh(), path.strip("/"))
+        if tree is not None:
+            return tree.scandir(inner)
+        # Outside an archive each node is asked afresh: an archive's changes when it is opened.
+        parent = path.rstrip("/")
+        stat = functools.partial(self._child_stat, parent)
+        return [DirEntry(name, kind, stat) for name, kind in self.listdir(path)]
+
+    def _child_stat(self, parent: str, name: str) -> Node:
+        return self.stat(f"{parent}/{name}")
 
     def open(self, path: str) -> FileReader:
         listing = self._fresh()
