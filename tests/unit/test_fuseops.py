@@ -123,3 +123,19 @@ def test_listings_carry_attributes_only_where_entries_were_looked_up_and_that_me
         ops.getattr(f"/d{d:02d}/f{d * 100:04d}.txt")
     assert ops.policy.tracked()["looked_up_dirs"] == 5
     assert not ops.wants_plus("/d00") and ops.wants_plus("/d11")
+
+
+def test_a_readdirplus_from_any_offset_answers_each_entry_as_its_lookup_does(archive, tmp_path):
+    ops = _ops(archive, str(tmp_path / "many.zip"), ttl=60)
+    names = [".", "..", *(f"f{i:04d}.txt" for i in range(100, 200))]
+    for offset in (0, 1, 2, 57, 101, 102, 500):
+        for _ in range(2):  # the second time from the listing kept for this archive version
+            entries = list(ops.readdir_plus("/d01", offset))
+            assert [name for name, _, _ in entries] == names[offset:]
+            for name, attrs, complete in entries:
+                assert complete == (name not in (".", ".."))
+                if complete:
+                    assert attrs == ops.getattr(f"/d01/{name}")
+    root = list(ops.readdir_plus("/", 0))
+    assert [(n, a) for n, a, _ in root[2:]] == [(f"d{d:02d}", ops.getattr(f"/d{d:02d}"))
+                                                 for d in range(12)]

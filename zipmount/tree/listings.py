@@ -27,9 +27,9 @@ ENTRY_BYTES = 480
 class Listings:
     """The kept listings of one archive version's directories, by name inside the archive."""
 
-    def __init__(self, archive: object, max_entries: int = MAX_ENTRIES) -> None:
+    def __init__(self, archive: object, max_entries: int | None = None) -> None:
         self.archive = archive  # the version they describe: a reloaded index starts a new set
-        self.max_entries = max_entries
+        self.max_entries = MAX_ENTRIES if max_entries is None else max_entries
         self.entries = 0
         self._dirs: OrderedDict[str, list[DirEntry]] = OrderedDict()
         self._lock = threading.Lock()
