@@ -4,9 +4,11 @@ bounded and charged with the index."""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import tracemalloc
+import weakref
 from pathlib import Path
 
 from robust.zips import plain_zip
@@ -224,5 +226,28 @@ def test_a_prefix_listing_answers_each_nodes_stat_and_opens_no_archive_until_ent
         # an archive's node is asked afresh: once opened it counts its subdirectories
         assert [e.node() for e in tree.scandir("")] == [tree.stat(e.name) for e in entries]
         assert [e.name for e in tree.scandir("sub")] == ["r3.zip"]
+    finally:
+        engine.close()
+
+
+def test_a_listing_made_while_its_index_is_dropped_does_not_keep_the_dropped_index(tmp_path):
+    path = tmp_path / "one.zip"
+    path.write_bytes(_version("a", 30))
+    engine = _engine(tmp_path)
+    tree = engine.open_tree(str(path))
+    try:
+        slot = tree.slot
+        archive = slot.archive()
+        assert archive is not None
+        dropped = weakref.ref(archive)
+        slot.drop_index()  # the LRU's eviction, racing with a listing of this archive
+        listings = slot.listings(archive)  # what a listing of it gets meanwhile
+        listings.put("pkg", [DirEntry("x", "file", lambda name: NotImplemented)])
+        del listings
+        assert slot.index_bytes() == 0
+        del archive
+        gc.collect()
+        assert dropped() is None
+        assert [e.name for e in tree.scandir("pkg")][-1] == "suba"  # from the reloaded index
     finally:
         engine.close()

@@ -87,6 +87,7 @@ class ArchiveSlot:
         # ``_growth`` (bumped whenever its per-member state may grow) stay the same
         self._measured: tuple[Archive, int, int] | None = None
         self._growth = 0
+        self._kept_lock = threading.Lock()  # _archive dropped vs. what derives from it kept
         self._broken: ZipmountError | None = None
         self._checked = time.monotonic() - age  # when the identity was last confirmed
         self._revalidating = False
@@ -149,7 +150,8 @@ class ArchiveSlot:
         self._forget_archive()
 
     def _forget_archive(self) -> None:
-        self._archive = self._listings = self._measured = None
+        with self._kept_lock:
+            self._archive = self._listings = self._measured = None
 
     def grew(self) -> None:
         """The open archive's per-member state may have grown (a member was opened or read):
@@ -164,7 +166,10 @@ class ArchiveSlot:
             return 0
         growth, measured = self._growth, self._measured
         if measured is None or measured[0] is not archive or measured[1] != growth:
-            measured = self._measured = (archive, growth, archive.memory_bytes())
+            measured = (archive, growth, archive.memory_bytes())
+            with self._kept_lock:
+                if self._archive is archive:  # not dropped meanwhile (it would stay in memory)
+                    self._measured = measured
         listings = self._listings
         kept = listings.memory_bytes() if listings is not None and listings.archive is archive else 0
         return measured[2] + kept
@@ -174,7 +179,10 @@ class ArchiveSlot:
         reloaded index)."""
         listings = self._listings
         if listings is None or listings.archive is not archive:
-            listings = self._listings = Listings(archive)
+            listings = Listings(archive)
+            with self._kept_lock:
+                if self._archive is archive:  # not dropped meanwhile (it would stay in memory)
+                    self._listings = listings
         return listings
 
     def _open(self, strict: bool) -> Archive | None:
