@@ -78,3 +78,37 @@ def test_listing_a_big_directory_gives_the_kernel_every_entrys_right_attributes(
         with os.scandir(mp / "d") as it:  # READDIRPLUS in several replies, resumed by offset
             sizes = {e.name: e.stat().st_size for e in it}
         assert sizes == {name[2:]: len(data) for name, data in files.items()}
+
+
+def test_a_directory_listed_with_attributes_lists_the_new_version_once_the_archive_is_replaced(
+        zm, s3):
+    old = {f"d/f{i:03d}.txt": b"o" * (i + 1) for i in range(120)}
+    new = {f"d/g{i:03d}.txt": b"n" * (2 * i + 3) for i in range(90)} | {"d/f000.txt": b"new size"}
+    key = "kc/relist.zip"
+    s3.put_bytes("data", key, plain_zip(old))
+
+    def sizes(files: dict[str, bytes]) -> dict[str, int]:
+        return {name[2:]: len(data) for name, data in files.items()}
+
+    with zm.mounted(f"s3://data/{key}", "--ttl", str(TTL)) as h:
+        mp = h.mountpoint
+
+        def listing() -> dict[str, int]:
+            with os.scandir(mp / "d") as it:  # READDIRPLUS once its entries were looked up
+                return {e.name: e.stat().st_size for e in it}
+
+        for _ in range(2):  # the second time from the listing kept for this version
+            assert listing() == sizes(old)
+        s3.put_bytes("data", key, plain_zip(new))
+        deadline = time.monotonic() + SETTLE
+        while True:
+            try:
+                if listing() == sizes(new):
+                    break
+            except OSError:  # ESTALE while the mount switches
+                pass
+            assert time.monotonic() < deadline, f"the old listing still shows {SETTLE}s after"
+            time.sleep(0.1)
+        for _ in range(2):
+            assert listing() == sizes(new)
+        assert {name: os.stat(mp / "d" / name).st_size for name in sizes(new)} == sizes(new)
