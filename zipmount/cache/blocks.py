@@ -289,9 +289,13 @@ class BlockCache:
         for i in range(first, last + 1):
             _settle(futures[i], view[(i - first) * bs: (i - first + 1) * bs])
         if self._writer is not None and not self._closed:
+            # A piece waiting to be written is held even once the LRU dropped it: the cap
+            # covers it until it is written (the disk may be a few pieces behind).
+            self.memory.reserve(len(data))
             try:
                 self._writes.put((key, first, data), timeout=self.timeout)
             except queue.Full:
+                self.memory.reserve(-len(data))
                 log.warning("disk cache: writes fell %g s behind; a piece is not kept", self.timeout)
 
     def _write_runs(self) -> None:
@@ -300,6 +304,8 @@ class BlockCache:
                 self.runs.save(*item)  # type: ignore[union-attr]
             except OSError as exc:
                 log.warning("disk cache write failed: %s", exc)
+            finally:
+                self.memory.reserve(-len(item[2]))
 
     def close(self) -> None:
         """Stop: every waiting read fails with :class:`CacheClosed`; queued disk writes finish."""
