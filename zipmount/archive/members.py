@@ -162,8 +162,8 @@ class CompressedReader(MemberReader):
 
     def _random(self, offset: int, size: int) -> bool:
         """Whether this read goes to the decoded cells: a read of a few pages (not a whole
-        member) that the stream cannot serve by going on and that does not walk on from the
-        reads before it."""
+        member) whose cells are kept already, or that the stream cannot serve by going on and
+        that does not walk on from the reads before it."""
         if self.cells is None or size > MAX_REQUEST:
             return False
         with self._lock:
@@ -172,7 +172,10 @@ class CompressedReader(MemberReader):
             near = abs(offset - self._walk_end) <= WALK_SPREAD
             self._walked = self._walked + size if near else 0
             self._walk_end = max(self._walk_end, offset + size) if near else offset + size
-            return self._walked < WALK and not self.stream.continues(offset)
+            if self._walked < WALK and not self.stream.continues(offset):
+                return True
+        # Decoded before (by any handle, a walk or not): served without any decode.
+        return self.cells.holds(offset, size)
 
     def _read(self, offset: int, size: int) -> bytes:
         if self.spill is None and self.spillable and self.stream.needs_restart(offset):
