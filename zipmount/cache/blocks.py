@@ -78,8 +78,10 @@ class BlockCache:
         self._requests = ThreadPoolExecutor(fetch_threads, thread_name_prefix="zipmount-get")
         self._ahead = ThreadPoolExecutor(max(2, fetch_threads // 2), thread_name_prefix="zipmount-ahead")
         # Disk writes happen on one thread of their own, after readers are served; a bounded
-        # queue holds the fetchers back only if the disk falls behind by that many pieces.
-        self._writes: queue.Queue[tuple[str, int, Buffer] | None] = queue.Queue(maxsize=16)
+        # queue holds the fetchers back only if the disk falls behind by that many pieces
+        # (pieces waiting count against the memory cap: at most an eighth of it in all).
+        self._writes: queue.Queue[tuple[str, int, Buffer] | None] = queue.Queue(
+            maxsize=max(1, min(16, memory_bytes // (8 * MAX_REQUEST))))
         self._writer: threading.Thread | None = None
         if self.runs is not None:
             self._writer = threading.Thread(target=self._write_runs, name="zipmount-disk", daemon=True)
