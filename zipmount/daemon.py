@@ -283,8 +283,14 @@ def _fsname(source: str) -> str:
     return "zipmount:" + source.replace(",", "_").replace(" ", "_")
 
 
+# Below a decoded cell (512 KiB) and a response piece: cells churning through the memory tier
+# from the heap left it fragmented, ~60 MiB above the cap (docs/BENCHMARKS.md, as below).
+MMAP_THRESHOLD = 256 * 1024
+
+
 def _return_big_buffers_to_the_os() -> None:
-    """Pin glibc's mmap threshold at 1 MiB and the trim threshold at 8 MiB; use two arenas.
+    """Pin glibc's mmap threshold at MMAP_THRESHOLD and the trim threshold at 8 MiB; use two
+    arenas.
 
     glibc raises the mmap threshold (up to 32 MiB) each time a big buffer is freed, after which
     multi-MiB response buffers come from the heap and the heap keeps the pages: a long stream
@@ -295,7 +301,7 @@ def _return_big_buffers_to_the_os() -> None:
     """
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
         libc.mallopt(-1, 8 << 20)  # M_TRIM_THRESHOLD
         libc.mallopt(-8, 2)  # M_ARENA_MAX: per-thread arenas each keep their freed pages
 

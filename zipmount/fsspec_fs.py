@@ -32,7 +32,7 @@ from fsspec.utils import stringify_path
 
 from .config import CacheConfig, default_cache_dir, parse_size
 from .engine import Engine
-from .errors import NotADirectory, UsageError, ZipmountError
+from .errors import NotADirectory, ObjectChanged, UsageError, ZipmountError
 from .source import with_s3_settings
 from .store import ObjectInfo
 from .tree import DEFAULT_SUFFIXES, FileReader, Node, Tree, View, view_of
@@ -222,14 +222,14 @@ class ZipmountFileSystem(AbstractFileSystem):
         if mode != "rb":
             _read_only()
         path = self._strip_protocol(path)
-        return ZipmountFile(self, path, self._stat(path), self._reader(path))
+        return ZipmountFile(self, path, self._reader(path))
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None,
                  **kwargs: Any) -> bytes:
         path = self._strip_protocol(path)
-        size = self._stat(path).size
         reader = self._reader(path)
         try:
+            size = reader.node.size  # of the version read, whatever the path shows by now
             begin = 0 if start is None else (max(0, size + start) if start < 0 else start)
             stop = size if end is None else (max(0, size + end) if end < 0 else min(end, size))
             if stop <= begin:
@@ -285,22 +285,29 @@ def _gather(calls: Sequence[Callable[[], bytes]], on_error: str) -> list[Any]:
 
 
 class ZipmountFile(AbstractBufferedFile):
-    """A member opened for reading. No read-ahead buffer of its own (cache ``none``): every
-    read is the exact range asked for, served by the engine's block cache."""
+    """A member opened for reading, at the version it opened: its size and ``info()`` are that
+    version's, whatever the path shows later. No read-ahead buffer of its own (cache ``none``):
+    every read is the exact range asked for, served by the engine's block cache."""
 
-    def __init__(self, fs: ZipmountFileSystem, path: str, node: Node, reader: FileReader) -> None:
+    def __init__(self, fs: ZipmountFileSystem, path: str, reader: FileReader) -> None:
         self.reader = reader
         self._pid = os.getpid()
+        node = reader.node
         super().__init__(fs, path, mode="rb", cache_type="none", size=node.size)
         self.details = fs._detail(path, node)
 
     def _fetch_range(self, start: int, end: int) -> bytes:
-        if self._pid != os.getpid():
-            # Forked (DataLoader workers): the parent's reader uses threads and an event loop
-            # that do not exist here. The same member of the same version, opened afresh.
-            self.reader = self.fs._reader(self.path)
-            self._pid = os.getpid()
         with _boundary(self.fs._options["fo"]):
+            if self._pid != os.getpid():
+                # Forked (DataLoader workers): the parent's reader uses threads and an event loop
+                # that do not exist here. The same member of the same version, opened afresh; if
+                # the path shows another version by now, ESTALE: never bytes of two versions.
+                reader = self.fs._reader(self.path)
+                if reader.version != self.reader.version:
+                    reader.close()
+                    raise ObjectChanged(f"{self.path}: the version opened is no longer served")
+                self.reader = reader
+                self._pid = os.getpid()
             return self.reader.read(start, end - start)
 
     def close(self) -> None:

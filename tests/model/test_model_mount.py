@@ -4,13 +4,15 @@ at offsets (handles kept open across steps), replacements and deletions of archi
 server and waits past the TTL, every answer checked against tests/model/model_reference.py.
 
 Checked at every step: the bytes of a handle all come from one version of its member (never
-mixed), errors are only the promised ones (``Reference.error_allowed``: ENOENT, ENOTDIR, EISDIR
-where some version lacks the path or has the other kind, ESTALE for a changed archive, EIO
-never, as no faults are injected here; and the kernel's ENOTDIR below a file), every call
-returns within ``DEADLINE``; after the TTL has passed (plus slack) the mount shows the current version: the
-root lists the archives there now, every path has the current kind and size, new opens read the
-current bytes. ``ZIPMOUNT_MODEL_MOUNT_EXAMPLES`` sets the sequences (default 20), each a mount of
-its own prefix.
+mixed), exactly that version's bytes at the offsets read (never cut where another version's
+member ends: the kernel takes an open file's size from the daemon), errors are only the
+promised ones (``Reference.error_allowed``: ENOENT, ENOTDIR, EISDIR where some version lacks
+the path or has the other kind, ESTALE for a changed archive, EIO never, as no faults are
+injected here; and the kernel's ENOTDIR below a file; a handle's reads never ENOENT), every
+call returns within ``DEADLINE``; after the TTL has passed (plus slack) the mount shows the
+current version: the root lists the archives there now, every path has the current kind and
+size, new opens read the current bytes. ``ZIPMOUNT_MODEL_MOUNT_EXAMPLES`` sets the sequences
+(default 20), each a mount of its own prefix.
 """
 
 from __future__ import annotations
@@ -186,27 +188,12 @@ class MountModel(RuleBasedStateMachine):
         got, code = self.call(what, _pread, fd, offset, size, direct)
         if code:
             problem = self.ref.error_allowed("read", path, code)
-            if code == errno.ENOENT and self.ref.error_allowed("stat", path, code) is None:
-                problem = None  # a known defect: see the xfail tests at the end of this file
             assert problem is None, f"{what}: {problem}"
             return
-        matching = self.ref.read_matches(path, candidates, offset, size, got) or \
-            self.clipped_to_current(path, candidates, offset, size, got)
+        matching = self.ref.read_matches(path, candidates, offset, size, got)
         assert matching, (f"{what} gave {len(got)} bytes that are no version's this handle "
                           f"could serve ({sorted(candidates)}): wrong or mixed bytes")
         self.handles[key] = (fd, path, direct, matching)
-
-    def clipped_to_current(self, path: str, candidates: set[int], offset: int, size: int,
-                           data: bytes) -> set[int]:
-        """A known defect (see the xfail tests at the end of this file): the candidates whose
-        bytes start with ``data`` cut where another version's member ends (the kernel takes the
-        size of an open file from a GETATTR the daemon answers by path, from its current view)."""
-        hist, inner = self.ref.split(path)
-        if not any(len(data) == max(0, min(size, v.size(inner) - offset))
-                   for v in hist.versions if v.kind(inner) == "file"):
-            return set()
-        return {n for n in candidates
-                if hist.versions[n].files[inner][offset: offset + size].startswith(data)}
 
     @rule(pick=hs.integers(0, 15))
     def close(self, pick: int) -> None:
@@ -303,9 +290,6 @@ def test_a_real_mount_of_a_prefix_on_a_real_s3_server_keeps_every_promise_of_the
         ([Phase.shrink] if os.environ.get("ZIPMOUNT_MODEL_SHRINK") else [])))
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: before the read the kernel sends a GETATTR "
-                   "with the open file's handle (auto_inval_data); ZipOperations.getattr answers "
-                   "by path from the current tree, ignoring the handle's pinned version: ENOENT")
 def test_a_handle_open_on_an_archive_deleted_on_the_server_reads_its_version_or_estale(st):
     files = {"z.bin": (200_000, 2, False)}
     v0 = build_zip(0, files)
@@ -325,9 +309,6 @@ def test_a_handle_open_on_an_archive_deleted_on_the_server_reads_its_version_or_
             os.close(fd)
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: the kernel takes the open file's size from a "
-                   "GETATTR that ZipOperations.getattr answers by path from the current tree, so "
-                   "reads of the pinned version stop where the new version's member ends")
 def test_a_handle_open_on_a_member_that_shrank_on_the_server_reads_its_whole_version(st):
     key = "model-mount-shrunk/a.zip"
     v0 = build_zip(0, {"z.bin": (200_000, 2, False)})

@@ -327,3 +327,31 @@ def test_a_run_large_next_to_a_small_memory_cap_is_kept_block_by_block():
     assert mem.used <= 16 * BS
     assert bytes(mem.get("b", 13)) == DATA[13 * BS: 14 * BS]
     assert mem.get("a", 0) is None and mem.get("a", 3) is not None  # evicted one by one, oldest first
+
+
+def test_pieces_waiting_for_the_disk_count_against_the_memory_cap(tmp_path, monkeypatch):
+    # the disk falls behind: what waits to be written is held even once the LRU dropped it
+    started, release = threading.Event(), threading.Event()
+    save = RunFiles.save
+
+    def slow_save(self, *args):
+        started.set()
+        release.wait(30)
+        save(self, *args)
+
+    monkeypatch.setattr(RunFiles, "save", slow_save)
+    src = Source()
+    cache = cache_over(tmp_path, memory=64 << 20)  # a queue of 4 pieces: 1/8 of the cap
+    piece = MAX_REQUEST // 4
+    try:
+        headroom = cache.memory.reserved
+        for start in range(0, 5 * piece, piece):  # one being written, four queued
+            assert cache.read(KEY, len(DATA), start, start + piece, src) == DATA[start: start + piece]
+        assert started.wait(10)
+        assert cache.memory.reserved - headroom == 5 * piece, "waiting pieces not counted"
+        assert cache.memory.used + cache.memory.reserved <= cache.memory.capacity
+    finally:
+        release.set()
+        cache.close()  # waits for the disk writes
+    assert cache.memory.reserved == headroom, "written pieces still counted"
+    assert len(run_paths(tmp_path)) == 5

@@ -1,17 +1,22 @@
-"""The FUSE operations' kernel-cache bookkeeping, called directly (no mount): it stays bounded,
-and what it forgets never lets the kernel mix versions."""
+"""The FUSE operations called directly (no mount): the kernel-cache bookkeeping stays bounded,
+and what it forgets never lets the kernel mix versions; a handle keeps its version's attributes."""
 
 from __future__ import annotations
 
+import errno
+import io
+import random
 import time
 import zipfile
+from types import SimpleNamespace
 
 import pytest
 from support.fuseinfo import file_info
+from support.stores import MemoryStore
 
 from zipmount.config import CacheConfig
 from zipmount.engine import Engine
-from zipmount.fuse.operations import ZipOperations
+from zipmount.fuse.operations import FuseError, ZipOperations
 from zipmount.fuse.policy import KernelCachePolicy
 from zipmount.source import StorageOptions
 
@@ -139,3 +144,88 @@ def test_a_readdirplus_from_any_offset_answers_each_entry_as_its_lookup_does(arc
     root = list(ops.readdir_plus("/", 0))
     assert [(n, a) for n, a, _ in root[2:]] == [(f"d{d:02d}", ops.getattr(f"/d{d:02d}"))
                                                  for d in range(12)]
+
+
+def _zip(members: dict[str, bytes], year: int) -> bytes:
+    """A zip of stored ``members``, each dated ``year`` (versions told apart by their mtimes too)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(zipfile.ZipInfo(name, (year, 1, 1, 0, 0, 0)), data)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def replaced(tmp_path):
+    """A prefix in memory holding an archive and a plain object; ``swap()`` replaces both on the
+    store (the archive's member shrinks, another member goes, the object shrinks) and has the
+    tree relist, as its revalidation does once the TTL is up."""
+    rng = random.Random(7)
+    old = {"z.bin": rng.randbytes(200_000), "gone.txt": b"only in the first version\n"}
+    new = {"z.bin": rng.randbytes(5000)}
+    store = MemoryStore()
+    store.put("bucket/p/a.zip", _zip(old, 2001))
+    store.put("bucket/p/notes.txt", old["z.bin"][:70_000])
+    engine = Engine(StorageOptions(), CacheConfig(memory=16 << 20))
+    tree = engine.tree_for(store, "bucket/p/", ttl=60)
+
+    def swap() -> None:
+        store.replace("bucket/p/a.zip", _zip(new, 2002))
+        store.replace("bucket/p/notes.txt", new["z.bin"][:100])
+        tree.relist()
+
+    yield SimpleNamespace(ops=ZipOperations(tree, engine.stats, ttl=60), old=old, swap=swap)
+    engine.close()
+
+
+def test_getattr_with_a_handle_answers_the_version_that_handle_reads_after_a_replacement(replaced):
+    """The kernel asks GETATTR with the handle before reads, and takes the open file's size from
+    it: a handle opened before the archive was replaced keeps its version's attributes (never
+    the new, shorter size, nor ENOENT for a member the new version lacks)."""
+    ops = replaced.ops
+    paths = {"/a.zip/z.bin": 200_000, "/a.zip/gone.txt": len(replaced.old["gone.txt"]),
+             "/notes.txt": 70_000}
+    before = {path: ops.getattr(path) for path in paths}
+    handles = {path: _fi() for path in paths}
+    for path, fi in handles.items():
+        ops.open(path, fi)
+    replaced.swap()
+    assert ops.getattr("/a.zip/z.bin")["st_size"] == 5000  # the path shows the new version
+    assert ops.getattr("/notes.txt")["st_size"] == 100
+    with pytest.raises(FuseError) as gone:
+        ops.getattr("/a.zip/gone.txt")
+    assert gone.value.errno == errno.ENOENT
+    for path, size in paths.items():
+        attrs = ops.getattr(path, handles[path])
+        assert attrs == before[path] and attrs["st_size"] == size, path
+    # Reads through the handle: the first version's bytes, whole, or ESTALE (gone from the store).
+    try:
+        assert ops.read("/a.zip/z.bin", 4096, 150_000, handles["/a.zip/z.bin"]) == \
+            replaced.old["z.bin"][150_000:154_096]
+    except FuseError as exc:
+        assert exc.errno == errno.ESTALE
+    for path, fi in handles.items():
+        ops.release(path, fi)
+    assert ops.open_handles() == 0
+
+
+def test_path_attributes_of_another_version_than_an_open_handle_reads_are_dropped_at_once(replaced):
+    """The kernel keeps one size per path: while a handle on the first version is open, attributes
+    of the new version answered by path are invalidated as soon as they are sent (so the
+    handle's next read asks again, with the handle); its own attributes, and those answered
+    once it is closed, stay."""
+    ops = replaced.ops
+    dropped: list[str] = []
+    ops.invalidate = lambda path: dropped.append(path) or True
+    held = _fi()
+    ops.open("/a.zip/z.bin", held)
+    ops.getattr("/a.zip/z.bin")  # the same version as the handle's
+    assert dropped == []
+    replaced.swap()
+    ops.getattr("/a.zip/z.bin")
+    assert dropped == ["/a.zip/z.bin"]
+    ops.getattr("/a.zip/z.bin", held)
+    assert dropped == ["/a.zip/z.bin"]
+    ops.release("/a.zip/z.bin", held)
+    ops.getattr("/a.zip/z.bin")
+    assert dropped == ["/a.zip/z.bin"]

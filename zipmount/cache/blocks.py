@@ -78,8 +78,10 @@ class BlockCache:
         self._requests = ThreadPoolExecutor(fetch_threads, thread_name_prefix="zipmount-get")
         self._ahead = ThreadPoolExecutor(max(2, fetch_threads // 2), thread_name_prefix="zipmount-ahead")
         # Disk writes happen on one thread of their own, after readers are served; a bounded
-        # queue holds the fetchers back only if the disk falls behind by that many pieces.
-        self._writes: queue.Queue[tuple[str, int, Buffer] | None] = queue.Queue(maxsize=16)
+        # queue holds the fetchers back only if the disk falls behind by that many pieces
+        # (pieces waiting count against the memory cap: at most an eighth of it in all).
+        self._writes: queue.Queue[tuple[str, int, Buffer] | None] = queue.Queue(
+            maxsize=max(1, min(16, memory_bytes // (8 * MAX_REQUEST))))
         self._writer: threading.Thread | None = None
         if self.runs is not None:
             self._writer = threading.Thread(target=self._write_runs, name="zipmount-disk", daemon=True)
@@ -92,6 +94,27 @@ class BlockCache:
         end = min(end, size)
         if start >= end:
             return b""
+        found = self._blocks(key, size, start, end, fetch, timeout)
+        bs = self.block_size
+        first, last = start // bs, (end - 1) // bs
+        offset = start - first * bs
+        if first == last:
+            return bytes(found[first][offset: offset + end - start])
+        # One copy: the parts of the first and last block that are wanted, joined.
+        parts = [found[i] for i in range(first, last + 1)]
+        parts[0] = parts[0][offset:]
+        parts[-1] = parts[-1][: end - last * bs]
+        return b"".join(parts)
+
+    def fill(self, key: str, size: int, start: int, end: int, fetch: Fetch) -> None:
+        """Make sure the blocks of ``[start, end)`` are cached, as :meth:`read` would, without
+        copying them out (a decode that keeps what it passes on the way)."""
+        if start < min(end, size):
+            self._blocks(key, size, start, min(end, size), fetch, None)
+
+    def _blocks(self, key: str, size: int, start: int, end: int, fetch: Fetch,
+                timeout: float | None) -> dict[int, memoryview]:
+        """The blocks of ``[start, end)`` by index: cached ones, others fetched or waited for."""
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         bs = self.block_size
@@ -122,14 +145,7 @@ class BlockCache:
                     if task.cancel():
                         self._abandon(job, exc)
                 raise
-        offset = start - first * bs
-        if first == last:
-            return bytes(found[first][offset: offset + end - start])
-        # One copy: the parts of the first and last block that are wanted, joined.
-        parts = [found[i] for i in range(first, last + 1)]
-        parts[0] = parts[0][offset:]
-        parts[-1] = parts[-1][: end - last * bs]
-        return b"".join(parts)
+        return found
 
     def _wait(self, fut: Future[memoryview], deadline: float, timeout: float,
               own: bool) -> memoryview:
@@ -275,9 +291,13 @@ class BlockCache:
         for i in range(first, last + 1):
             _settle(futures[i], view[(i - first) * bs: (i - first + 1) * bs])
         if self._writer is not None and not self._closed:
+            # A piece waiting to be written is held even once the LRU dropped it: the cap
+            # covers it until it is written (the disk may be a few pieces behind).
+            self.memory.reserve(len(data))
             try:
                 self._writes.put((key, first, data), timeout=self.timeout)
             except queue.Full:
+                self.memory.reserve(-len(data))
                 log.warning("disk cache: writes fell %g s behind; a piece is not kept", self.timeout)
 
     def _write_runs(self) -> None:
@@ -286,6 +306,8 @@ class BlockCache:
                 self.runs.save(*item)  # type: ignore[union-attr]
             except OSError as exc:
                 log.warning("disk cache write failed: %s", exc)
+            finally:
+                self.memory.reserve(-len(item[2]))
 
     def close(self) -> None:
         """Stop: every waiting read fails with :class:`CacheClosed`; queued disk writes finish."""

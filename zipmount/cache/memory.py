@@ -23,7 +23,8 @@ class MemoryTier:
     A response (or a run file read back) is kept as the one buffer it arrived in and its blocks
     are views of it, so splitting it costs no copy; the LRU evicts whole runs, so the bytes it
     counts are the bytes it holds. A run over 1/8 of the cap is split into blocks (copied).
-    The cap also covers the buffers of requests in flight (``reserve``) and holds back 1/16 of
+    The cap also covers the buffers of requests in flight and of pieces waiting to be written
+    to the disk tier (``reserve``), and holds back 1/16 of
     itself (at most 16 MiB) for short-lived copies (FUSE replies, joined blocks), so that the
     process stays within the cap plus the interpreter's own memory however hard it is read.
     """

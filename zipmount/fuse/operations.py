@@ -119,13 +119,12 @@ class ZipOperations:
 
     # -- metadata -------------------------------------------------------------------------------
 
-    def _attrs(self, path: str) -> dict[str, Any]:
-        return self._attrs_of(path, self.tree.stat(path))
-
-    def _attrs_of(self, path: str, node: Node) -> dict[str, Any]:
-        """The attributes answered for ``path``, whose node is ``node`` (told to the policy)."""
-        if node.version:
-            self.policy.attributes_sent(path, node.version)
+    def _attrs(self, path: str, node: Node, *, for_handle: bool = False) -> dict[str, Any]:
+        """The attributes of ``node`` for the kernel, which keeps them for ``path`` unless the
+        policy says they must go (see :meth:`KernelCachePolicy.attributes_sent`)."""
+        if (node.version and self.policy.attributes_sent(path, node.version, for_handle=for_handle)
+                and self.invalidate is not None):
+            self.invalidate(path)
         return {
             "st_mode": _KIND_BITS[node.kind] | (node.mode & ~self.umask),
             "st_nlink": node.nlink,
@@ -139,8 +138,14 @@ class ZipOperations:
         }
 
     @_translated
-    def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
-        attrs = self._attrs(path)
+    def getattr(self, path: str, fi: Any = None) -> dict[str, Any]:
+        """The attributes of ``path``; with the ``fuse_file_info`` of a file open here (the kernel
+        asks so before reads, and takes the open file's size from the answer), those of the
+        version that handle reads, whatever the path shows now."""
+        reader = self._handles.get(fi.fh) if fi is not None else None
+        if reader is not None:
+            return self._attrs(path, reader.node, for_handle=True)
+        attrs = self._attrs(path, self.tree.stat(path))
         self.policy.looked_up_in(path.rstrip("/").rpartition("/")[0] or "/")
         return attrs
 
@@ -171,7 +176,7 @@ class ZipOperations:
 
     def _entry_plus(self, path: str, entry: DirEntry) -> tuple[str, dict[str, Any], bool]:
         try:
-            return entry.name, self._attrs_of(_child(path, entry.name), entry.node()), True
+            return entry.name, self._attrs(_child(path, entry.name), entry.node()), True
         except ZipmountError:  # looked up (and its error told) on its own
             return entry.name, {"st_mode": _KIND_BITS[entry.kind]}, False
 

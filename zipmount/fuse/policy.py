@@ -53,8 +53,14 @@ class KernelCachePolicy:
 
     # -- attributes and listings ------------------------------------------------------------------
 
-    def attributes_sent(self, path: str, version: str) -> None:
+    def attributes_sent(self, path: str, version: str, *, for_handle: bool = False) -> bool:
         """The kernel now holds attributes of ``version`` for ``path``; prune old bookkeeping.
+
+        Returns whether the kernel must drop them at once: it keeps one size per path, and takes
+        the size of an open file from it, so attributes of ``version`` must not stay while a
+        handle on another version is open there (its reads would stop at this size). Dropped,
+        they are asked again, with the handle, before its next read: answered ``for_handle``
+        (from the handle's own version), they stay.
 
         An entry older than the attr timeout can go when no handle is open on its path: the
         kernel asks again (and the answer re-creates it) before it uses those attributes, and
@@ -64,6 +70,8 @@ class KernelCachePolicy:
         """
         now = self._clock()
         with self._lock:
+            pinned_elsewhere = not for_handle and any(
+                v != version for v in self._open_versions.get(path, ()))
             seen = self._seen.get(path)
             if seen is None:
                 self._seen[path] = _Seen(version, None, now)
@@ -71,6 +79,7 @@ class KernelCachePolicy:
                 seen.attr, seen.at = version, now
                 self._seen.move_to_end(path)
             self._prune(now)
+        return pinned_elsewhere
 
     def _prune(self, now: float) -> None:
         for _ in range(len(self._seen)):

@@ -44,6 +44,16 @@ class Reach:
     decoding: Decoding = field(default_factory=Decoding)
 
 
+def member_node(entry: Entry, version: str) -> Node:
+    """The attributes of a member (a file or a symlink) of one archive version.
+
+    The mtime is exactly the entry's: a changed member is told apart by ``version``, which the
+    front-ends use to drop the kernel's cached pages.
+    """
+    return Node(entry.kind, entry.size, entry.mtime_ns, entry.mode, entry.method,
+                nlink=entry.nlink, version=version)
+
+
 class WatchedReader(MemberReader):
     """A member reader whose reads tell the slot when they find its version gone."""
 
@@ -51,6 +61,10 @@ class WatchedReader(MemberReader):
         super().__init__(reader.view)
         self.reader = reader
         self.slot = slot
+
+    @property
+    def node(self) -> Node:
+        return member_node(self.entry, self.version)
 
     def read(self, offset: int, size: int) -> bytes:
         try:
@@ -294,10 +308,7 @@ class ArchiveTree:
                         nlink=2 + archive.subdirs.get(self.root, 0))
         if entry.kind == "dir":
             return Node("dir", 0, entry.mtime_ns, entry.mode, nlink=2 + archive.subdirs[entry.name])
-        # The mtime is exactly the entry's: a changed member is told apart by ``version``, which
-        # the front-ends use to drop the kernel's cached pages.
-        return Node(entry.kind, entry.size, entry.mtime_ns, entry.mode,
-                    entry.method, nlink=entry.nlink, version=archive.member_version(entry))
+        return member_node(entry, archive.member_version(entry))
 
     def listdir(self, path: str) -> list[tuple[str, str]]:
         return [(entry.name, entry.kind) for entry in self.scandir(path)]

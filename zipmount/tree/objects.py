@@ -51,6 +51,10 @@ class ObjectReader:
     def version(self) -> str:
         return object_version(self.obj)
 
+    @property
+    def node(self) -> Node:
+        return object_node(self.obj)
+
     def read(self, offset: int, size: int) -> bytes:
         end = min(offset + size, self.size)
         if offset >= end:

@@ -51,7 +51,7 @@ from ...errors import ZipmountError
 from .budget import DecoderBudget, Pinned
 from .checkpoints import CheckpointStore, checkpoint_spacing
 from .decoders import decoder_memory
-from .streams import PIECE, Stream
+from .streams import Stream
 
 if TYPE_CHECKING:
     from ..view import MemberView
@@ -141,7 +141,7 @@ class DecodedCells:
             ckpt = self.checkpoints.nearest(self.view.version, start)
             for before in range(ckpt.out_pos if ckpt is not None else 0, start, CELL):
                 if not self._held(before):
-                    self.cache.read(self.key, self.size, before, before + CELL, self._decode)
+                    self.cache.fill(self.key, self.size, before, before + CELL, self._decode)
             # The whole cells, not only the blocks of this read: one decode each (shared with
             # any concurrent reader of them: the block cache's single flight).
             whole = self.cache.read(self.key, self.size, start, -(-end // CELL) * CELL,
@@ -177,7 +177,7 @@ class DecodedCells:
             if self._held(start):
                 continue
             try:
-                self.cache.read(self.key, self.size, start, start + CELL, self._decode)
+                self.cache.fill(self.key, self.size, start, start + CELL, self._decode)
             except ZipmountError as exc:  # replaced, unreachable, corrupt: reads will tell
                 log.info("stopped decoding %s into the cache: %s", self.view.entry.name, exc)
                 return
@@ -188,21 +188,25 @@ class DecodedCells:
         the checkpoint before."""
         member = self.view.version
         charge = Pinned()
-        self.budget.charge(charge, decoder_memory(self.view.entry) + PIECE)
+        self.budget.charge(charge, decoder_memory(self.view.entry) + CELL)
         try:
             stream = self.fills.resume(member, start) or Stream(
                 self.view, self.checkpoints, self.checkpoints.nearest(member, start))
             began = stream.out_pos
-            parts = []
+            parts: list[bytes | memoryview] = []
             while stream.out_pos < end:
-                piece = stream.decode(end)  # ends where the cell ends: the next one goes on
+                # Cell-sized pieces: a cell decoded from its start is usually one piece, kept as
+                # it is. They end where the cell ends: the next decode goes on from there.
+                piece = stream.decode(end, most=CELL)
                 at = stream.out_pos - len(piece)
-                if stream.out_pos > start:
+                if at == start and stream.out_pos == end:
+                    parts.append(piece)
+                elif stream.out_pos > start:
                     parts.append(memoryview(piece)[max(0, start - at): end - at])
             self.cache.stats.add("cells_decoded")
             self.cache.stats.add("cell_bytes_decoded", stream.out_pos - began)
             if stream.out_pos < self.size:
                 self.fills.keep(member, stream)
-            return b"".join(parts)
+            return parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
         finally:
             self.budget.release(charge)

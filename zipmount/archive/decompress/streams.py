@@ -85,9 +85,11 @@ class Stream:
     def _fail(self, why: str) -> ArchiveError:
         return ArchiveError(f"{self.entry.name}: {why}")
 
-    def decode(self, stop: int | None = None) -> bytes:
-        """The next at most PIECE bytes of the member, not past output offset ``stop``; b"" at
-        its end (declared size reached).
+    def decode(self, stop: int | None = None, most: int = PIECE) -> bytes:
+        """The next at most ``most`` bytes of the member, not past output offset ``stop``; b""
+        at its end (declared size reached). With ``most`` above PIECE the compressed input is
+        fed up to ``most // 2`` bytes at a time, so that one call can fill it (a decoded cell
+        made in one piece is kept as it is, not joined from pieces).
 
         Raises ArchiveError on corrupt data, a CRC mismatch (with the piece that ends the
         member) or data that ends before the declared size.
@@ -101,7 +103,7 @@ class Stream:
             data = b""
             if self.decoder.needs_input():
                 if self.in_pos < self.data_end:
-                    end = min(self.in_pos + INPUT_PIECE, self.data_end)
+                    end = min(self.in_pos + max(INPUT_PIECE, most // 2), self.data_end)
                     if self.in_pos >= self.known_until:
                         self.prefetcher.observe(self.in_pos, end, self.data_end)
                     elif self.in_pos == self.started_in:
@@ -117,7 +119,7 @@ class Stream:
                     self.fed_last = True  # one call without input: output the decoder holds
             try:
                 # Pieces end at multiples of the spacing: checkpoints fall exactly there.
-                limit = min(PIECE, (size if stop is None else min(size, stop)) - self.out_pos,
+                limit = min(most, (size if stop is None else min(size, stop)) - self.out_pos,
                             self.spacing - self.out_pos % self.spacing)
                 out = self.decoder.decompress(data, limit)
             except CORRUPT_DATA as exc:
