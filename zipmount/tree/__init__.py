@@ -14,8 +14,8 @@ from .views import remember_view, remembered_view
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_SUFFIXES", "ArchiveTree", "DirEntry", "FileReader", "Node", "PrefixTree", "Reach", "Tree",
-           "View", "open_tree", "view_of"]
+__all__ = ["DEFAULT_SUFFIXES", "ArchiveTree", "DirEntry", "FileReader", "Node", "PrefixTree",
+           "Reach", "Tree", "View", "open_tree", "view_of"]
 
 View = tuple[list[ObjectInfo], bool, float]  # objects, one archive?, seconds since checked
 
