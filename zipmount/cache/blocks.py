@@ -74,6 +74,8 @@ class BlockCache:
         self._queued: dict[tuple[str, int], _Queued] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._queueing = 0  # fetched pieces to be queued for the disk writer
+        self._all_queued = threading.Condition(self._lock)
         # Pieces of reads never queue behind read-ahead: each has its own threads.
         self._requests = ThreadPoolExecutor(fetch_threads, thread_name_prefix="zipmount-get")
         self._ahead = ThreadPoolExecutor(max(2, fetch_threads // 2), thread_name_prefix="zipmount-ahead")
@@ -287,10 +289,14 @@ class BlockCache:
         with self._lock:
             for i in range(first, last + 1):
                 self._inflight.pop((key, i), None)
+            # Decided before the readers are served: a close() right after them still waits
+            # for this piece to be queued, and its writes to finish.
+            keep = self._writer is not None and not self._closed
+            self._queueing += keep
         view = memoryview(data).cast("B")
         for i in range(first, last + 1):
             _settle(futures[i], view[(i - first) * bs: (i - first + 1) * bs])
-        if self._writer is not None and not self._closed:
+        if keep:
             # A piece waiting to be written is held even once the LRU dropped it: the cap
             # covers it until it is written (the disk may be a few pieces behind).
             self.memory.reserve(len(data))
@@ -299,6 +305,10 @@ class BlockCache:
             except queue.Full:
                 self.memory.reserve(-len(data))
                 log.warning("disk cache: writes fell %g s behind; a piece is not kept", self.timeout)
+            finally:
+                with self._lock:
+                    self._queueing -= 1
+                    self._all_queued.notify_all()
 
     def _write_runs(self) -> None:
         while (item := self._writes.get()) is not None:
@@ -320,6 +330,8 @@ class BlockCache:
         self._requests.shutdown(wait=False, cancel_futures=True)
         self._ahead.shutdown(wait=False, cancel_futures=True)
         if self._writer is not None:
+            with self._lock:
+                self._all_queued.wait_for(lambda: not self._queueing, self.timeout)
             self._writes.put(None)
             self._writer.join(self.timeout)
             if self._writer.is_alive():
