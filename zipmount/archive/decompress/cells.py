@@ -30,12 +30,12 @@ so a reader that goes on reading at random out there would still pay a decode pe
 (measured: 6.4 ms per read at new offsets, 2.6x the stored member). Once FILL_AFTER reads of a
 member made cells on demand, the cells not made yet are decoded in order by one background
 thread per engine (reads meanwhile take over or wait for the cell they need): from then on
-every read is a cache hit (measured: 1.25-1.76x the stored member). A member read at a handful
-of offsets stays under FILL_AFTER. Cells are 512 KiB, not the
-2 MiB of a checkpoint stretch: a cell read back from the disk tier is read and checked whole,
-and 2 MiB ones made a disk-tier hit cost several ms. A fill needs room: the member must take at
-most a quarter of the disk cache (of the memory cache without one), as spill files must.
-Figures: docs/BENCHMARKS.md, "Decoded cells".
+every read is a cache hit. A member read at a handful of offsets stays under FILL_AFTER.
+Cells are 512 KiB, not the 2 MiB of a checkpoint stretch: a cell read back from the disk tier is
+read and checked whole, and 2 MiB ones made a disk-tier hit cost several ms. A fill needs
+room: the member must take at most a quarter of the disk cache (of the memory cache without
+one), as spill files must.
+Figures: docs/BENCHMARKS.md, "Decoded cells" and "import torch again".
 """
 
 from __future__ import annotations
