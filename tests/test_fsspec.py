@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import zarr
 from support.archives import save_expected_npz
+from support.forking import in_forked_child
 from support.mount import run
 
 from zipmount.cache import MAX_REQUEST
@@ -431,27 +432,12 @@ def test_closing_a_shared_engine_lets_the_next_filesystem_start_afresh(zmfs, tmp
     assert second.cat_file(name) and second.stats.counters["requests"] >= 1
 
 
-def _read_in_child(fs: ZipmountFileSystem, names: list[str], queue) -> None:
-    queue.put(fs.cat(names))
-
-
 def test_a_filesystem_inherited_by_a_forked_child_reads_there(zmfs, samples):
     """As PyTorch DataLoader workers get it: the parent's threads and event loop are gone."""
-    import multiprocessing
-
     fs = zmfs("s3://data/single/stored.zip")
     names = sorted(samples.stored.files)
     assert fs.cat_file(names[0]) == samples.stored.files[names[0]]  # threads running now
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    child = ctx.Process(target=_read_in_child, args=(fs, names[1:], queue))
-    child.start()
-    try:
-        got = queue.get(timeout=60)
-    finally:
-        child.join(10)
-        if child.is_alive():
-            child.kill()
+    got = in_forked_child(fs.cat, names[1:])
     assert got == {n: samples.stored.files[n] for n in names[1:]}
 
 
@@ -599,17 +585,15 @@ def _read_pipe(fd: int, pid: int, seconds: float) -> bytes:
     return b"".join(parts)
 
 
-def _read_open_file_in_child(f, size: int, queue) -> None:
+def _read_open_file_in_child(f, size: int) -> list[bytes] | str:
     try:
-        queue.put(_read_spread(f, size))
+        return _read_spread(f, size)
     except OSError as exc:
-        queue.put(repr(exc))
+        return repr(exc)
 
 
 def test_a_file_opened_before_fork_reads_in_the_child(zmfs, samples):
     """DataLoader workers fork with their dataset's files open."""
-    import multiprocessing
-
     # No disk cache and little memory: what the child reads is not in the copy of the
     # parent's cache it inherits.
     fs = zmfs("s3://data/single/stored.zip", disk_cache=False, memory="1MiB")
@@ -620,17 +604,7 @@ def test_a_file_opened_before_fork_reads_in_the_child(zmfs, samples):
     want = [content[s:s + 1000] for s in (0, size // 4, size // 2, 3 * size // 4, size - 1000)]
     assert fs.cat_file(first, 0, 100) == small[:100]  # the engine's threads are running
     with fs.open(name, "rb") as f:
-        ctx = multiprocessing.get_context("fork")
-        queue = ctx.Queue()
-        child = ctx.Process(target=_read_open_file_in_child, args=(f, size, queue))
-        child.start()
-        try:
-            got = queue.get(timeout=60)
-        finally:
-            child.join(10)
-            if child.is_alive():
-                child.kill()
-        assert got == want
+        assert in_forked_child(_read_open_file_in_child, f, size) == want
         # A bare os.fork, as DataLoader's workers are started: the child's answer through a pipe.
         rd, wr = os.pipe()
         pid = os.fork()

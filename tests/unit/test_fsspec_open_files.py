@@ -5,12 +5,12 @@ after a revalidation."""
 from __future__ import annotations
 
 import errno
-import multiprocessing
 import os
 import random
 import zipfile
 
 import pytest
+from support.forking import in_forked_child
 
 from zipmount.fsspec_fs import ZipmountFileSystem
 
@@ -79,25 +79,16 @@ def test_a_revalidation_between_the_lookups_of_an_open_never_sizes_one_version_b
         assert f.read() == fs.new
 
 
-def _read_in_child(f, queue) -> None:
+def _read_in_child(f) -> bytes | int | None:
     try:
-        queue.put(f.read())
+        return f.read()
     except OSError as exc:
-        queue.put(exc.errno)
+        return exc.errno
 
 
 def test_a_file_read_in_a_forked_child_after_the_path_changed_is_stale_never_the_new_bytes(prefix):
     fs = prefix
     with fs.open(MEMBER, "rb") as f:
         fs.replace()
-        ctx = multiprocessing.get_context("fork")
-        queue = ctx.Queue()
-        child = ctx.Process(target=_read_in_child, args=(f, queue))
-        child.start()
-        try:
-            got = queue.get(timeout=60)
-        finally:
-            child.join(10)
-            if child.is_alive():
-                child.kill()
+        got = in_forked_child(_read_in_child, f)
     assert got == errno.ESTALE

@@ -4,12 +4,15 @@ bounded and charged with the index."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import threading
 import time
 import tracemalloc
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from robust.zips import plain_zip
 
@@ -23,6 +26,16 @@ from zipmount.tree.listings import ENTRY_BYTES, Listings
 
 def _engine(tmp_path: Path, **cache: object) -> Engine:
     return Engine(StorageOptions(), CacheConfig(dir=str(tmp_path / "cache"), **cache))
+
+
+@contextlib.contextmanager
+def _tree(tmp_path: Path, url: str, **cache: object) -> Iterator[Any]:
+    """The tree of ``url`` from an engine of its own (closed afterwards)."""
+    engine = _engine(tmp_path, **cache)
+    try:
+        yield engine.open_tree(url)
+    finally:
+        engine.close()
 
 
 def _version(tag: str, count: int) -> bytes:
@@ -46,9 +59,7 @@ def test_every_listed_entry_answers_what_stat_of_it_answers(tmp_path):
     path = tmp_path / "one.zip"
     path.write_bytes(plain_zip({"a/b/c.txt": b"c" * 10, "a/d.txt": b"dd", "a/b/e/f": b"",
                                 "top.txt": b"t"}))
-    engine = _engine(tmp_path)
-    tree = engine.open_tree(str(path))
-    try:
+    with _tree(tmp_path, str(path)) as tree:
         todo = [""]
         seen = 0
         while todo:
@@ -63,16 +74,12 @@ def test_every_listed_entry_answers_what_stat_of_it_answers(tmp_path):
                         todo.append(child)
                     seen += again
         assert seen == 7
-    finally:
-        engine.close()
 
 
 def test_a_kept_listing_changes_when_the_archive_is_replaced(tmp_path):
     path = tmp_path / "one.zip"
     path.write_bytes(_version("a", 5))
-    engine = _engine(tmp_path, ttl=0.0)
-    tree = engine.open_tree(str(path))
-    try:
+    with _tree(tmp_path, str(path), ttl=0.0) as tree:
         old = tree.scandir("pkg")
         assert [e.name for e in old] == [f"a{i:03d}.py" for i in range(5)] + ["suba"]
         assert [e.node().size for e in old[:5]] == [1, 2, 3, 4, 5]
@@ -83,8 +90,6 @@ def test_a_kept_listing_changes_when_the_archive_is_replaced(tmp_path):
         assert [e.node().size for e in new[:3]] == [1, 2, 3]
         assert {e.node().version for e in new[:3]}.isdisjoint(e.node().version for e in old[:5])
         assert [e.node() for e in new] == [tree.stat(f"pkg/{e.name}") for e in new]
-    finally:
-        engine.close()
 
 
 def test_concurrent_listings_and_stats_each_see_one_whole_version_while_it_is_replaced(tmp_path):
@@ -153,23 +158,17 @@ def test_a_directory_over_the_cap_is_listed_right_on_every_call(tmp_path, monkey
     monkeypatch.setattr("zipmount.tree.listings.MAX_ENTRIES", 3)
     path = tmp_path / "one.zip"
     path.write_bytes(_version("a", 5))
-    engine = _engine(tmp_path)
-    tree = engine.open_tree(str(path))
-    try:
+    with _tree(tmp_path, str(path)) as tree:
         for _ in range(2):
             assert [e.name for e in tree.scandir("pkg")] == [f"a{i:03d}.py" for i in range(5)] \
                 + ["suba"]
         assert tree.slot.index_bytes() == tree.slot.archive().memory_bytes()  # nothing kept
-    finally:
-        engine.close()
 
 
 def test_kept_listings_are_charged_with_the_index_and_dropped_with_it(tmp_path):
     path = tmp_path / "one.zip"
     path.write_bytes(_version("a", 30))
-    engine = _engine(tmp_path)
-    tree = engine.open_tree(str(path))
-    try:
+    with _tree(tmp_path, str(path)) as tree:
         slot = tree.slot
         archive = slot.archive()
         assert archive is not None
@@ -183,8 +182,6 @@ def test_kept_listings_are_charged_with_the_index_and_dropped_with_it(tmp_path):
         slot.drop_index()
         assert slot.index_bytes() == 0
         assert [e.name for e in tree.scandir("pkg")][-1] == "suba"  # listed again from a reload
-    finally:
-        engine.close()
 
 
 def test_a_kept_entry_costs_at_most_its_estimate(tmp_path):
@@ -213,9 +210,7 @@ def test_a_prefix_listing_answers_each_nodes_stat_and_opens_no_archive_until_ent
     for name in ("r1.zip", "r2.zip", "sub/r3.zip"):
         (cohort / name).write_bytes(_version("a", 3))
     (cohort / "notes.txt").write_bytes(b"notes")
-    engine = _engine(tmp_path)
-    tree = engine.open_tree(str(cohort) + "/")
-    try:
+    with _tree(tmp_path, str(cohort) + "/") as tree:
         entries = tree.scandir("")
         assert [(e.name, e.kind) for e in entries] == tree.listdir("")
         assert [e.node() for e in entries] == [tree.stat(e.name) for e in entries]
@@ -226,16 +221,12 @@ def test_a_prefix_listing_answers_each_nodes_stat_and_opens_no_archive_until_ent
         # an archive's node is asked afresh: once opened it counts its subdirectories
         assert [e.node() for e in tree.scandir("")] == [tree.stat(e.name) for e in entries]
         assert [e.name for e in tree.scandir("sub")] == ["r3.zip"]
-    finally:
-        engine.close()
 
 
 def test_a_listing_made_while_its_index_is_dropped_does_not_keep_the_dropped_index(tmp_path):
     path = tmp_path / "one.zip"
     path.write_bytes(_version("a", 30))
-    engine = _engine(tmp_path)
-    tree = engine.open_tree(str(path))
-    try:
+    with _tree(tmp_path, str(path)) as tree:
         slot = tree.slot
         archive = slot.archive()
         assert archive is not None
@@ -249,5 +240,3 @@ def test_a_listing_made_while_its_index_is_dropped_does_not_keep_the_dropped_ind
         gc.collect()
         assert dropped() is None
         assert [e.name for e in tree.scandir("pkg")][-1] == "suba"  # from the reloaded index
-    finally:
-        engine.close()
