@@ -556,6 +556,21 @@ def test_a_member_read_at_a_few_offsets_is_not_filled(workdir):
         assert counters["cell_bytes_decoded"] <= farthest < len(FILL_PLAIN) - 2 * CELL
 
 
+def test_decoded_cells_outlive_the_daemon_in_its_disk_cache(workdir):
+    # a new engine (a restart, another mount) over the same cache directory decodes nothing
+    path = write_zip(workdir, [member("big", DEFLATE, CELLS_PLAIN)])
+    with opened(path, workdir / "cache") as archive:
+        last = len(CELLS_PLAIN) - 4096
+        reader = archive.reader(archive.entries["big"])
+        assert reader.read(last, 4096) == CELLS_PLAIN[last:]  # every cell decoded and kept
+        reader.close()
+    with opened(path, workdir / "cache") as archive:
+        random_reads(archive, "big", CELLS_PLAIN, 50, seed=9)
+        counters = archive.cached.cache.stats.counters
+        assert counters["cells_decoded"] == 0
+        assert counters["disk_hits"] > 0
+
+
 def test_a_replaced_archive_never_serves_the_old_decoded_cells(workdir):
     old, new = CELLS_PLAIN, text(15, len(CELLS_PLAIN))  # same name, size, offset: new bytes
     path = write_zip(workdir, [member("big", DEFLATE, old)])
