@@ -72,8 +72,6 @@ class WatchedReader(MemberReader):
         except ObjectChanged:
             self.slot.expire()
             raise
-        finally:
-            self.slot.grew()
 
     def close(self) -> None:
         self.reader.close()
@@ -97,10 +95,6 @@ class ArchiveSlot:
         self.stale = False
         self._archive: Archive | None = None
         self._listings: Listings | None = None  # of _archive's directories
-        # (archive, growth, bytes): what index_bytes measured, valid while the archive and
-        # ``_growth`` (bumped whenever its per-member state may grow) stay the same
-        self._measured: tuple[Archive, int, int] | None = None
-        self._growth = 0
         self._kept_lock = threading.Lock()  # _archive dropped vs. what derives from it kept
         self._broken: ZipmountError | None = None
         self._checked = time.monotonic() - age  # when the identity was last confirmed
@@ -165,28 +159,17 @@ class ArchiveSlot:
 
     def _forget_archive(self) -> None:
         with self._kept_lock:
-            self._archive = self._listings = self._measured = None
-
-    def grew(self) -> None:
-        """The open archive's per-member state may have grown (a member was opened or read):
-        its next charge measures it again."""
-        self._growth += 1
+            self._archive = self._listings = None
 
     def index_bytes(self) -> int:
         """What the loaded archive and its kept listings hold in memory (the LRU's charge, asked
-        at every use: measured again only once the archive's state may have grown)."""
+        at every use: a few sizes added up, never a walk over the index)."""
         archive = self._archive
         if archive is None:
             return 0
-        growth, measured = self._growth, self._measured
-        if measured is None or measured[0] is not archive or measured[1] != growth:
-            measured = (archive, growth, archive.memory_bytes())
-            with self._kept_lock:
-                if self._archive is archive:  # not dropped meanwhile (it would stay in memory)
-                    self._measured = measured
         listings = self._listings
         kept = listings.memory_bytes() if listings is not None and listings.archive is archive else 0
-        return measured[2] + kept
+        return archive.memory_bytes() + kept
 
     def listings(self, archive: Archive) -> Listings:
         """The kept listings of ``archive``'s directories (none yet for a new version or a
@@ -351,8 +334,6 @@ class ArchiveTree:
         except ObjectChanged:  # the local header read
             self.slot.expire()
             raise
-        finally:
-            self.slot.grew()
 
     def readlink(self, path: str) -> str:
         archive, entry = self._file(path)
@@ -363,8 +344,6 @@ class ArchiveTree:
         except ObjectChanged:
             self.slot.expire()
             raise
-        finally:
-            self.slot.grew()
 
     def open_archives(self) -> int:
         return int(self.slot.is_open)
