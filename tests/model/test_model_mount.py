@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 from model_reference import Reference
-from robust.harness import guarded, stack, wait_for
+from robust.harness import guarded, pread_aligned, stack, wait_for
 from test_model import ARCHIVES, MEMBER_PATHS, MEMBERS, PATHS, build_zip
 
 pytestmark = pytest.mark.model
@@ -56,16 +56,7 @@ _prefixes = itertools.count()
 def _pread(fd: int, offset: int, size: int, direct: bool) -> bytes:
     """``size`` bytes at ``offset`` of ``fd`` (fewer at its end); with ``direct`` through an
     aligned buffer (O_DIRECT: straight to the daemon, past the kernel's page cache)."""
-    if not direct:
-        return os.pread(fd, size, offset)
-    import mmap
-
-    buf = mmap.mmap(-1, max(4096, (size + 4095) // 4096 * 4096))
-    try:
-        n = os.preadv(fd, [buf], offset)
-        return bytes(buf[:min(n, size)])
-    finally:
-        buf.close()
+    return pread_aligned(fd, offset, size) if direct else os.pread(fd, size, offset)
 
 
 class MountModel(RuleBasedStateMachine):

@@ -108,18 +108,23 @@ def read_file(path: Path | str, offset: int = 0, size: int = -1) -> bytes:
         return f.read() if size < 0 else f.read(size)
 
 
-def read_direct(path: Path | str, offset: int, size: int) -> bytes:
-    """pread with O_DIRECT: straight to the daemon, bypassing the kernel page cache."""
+def pread_aligned(fd: int, offset: int, size: int) -> bytes:
+    """pread of an O_DIRECT ``fd`` through a page-aligned buffer (fewer bytes at its end)."""
     import mmap
 
+    buf = mmap.mmap(-1, max(4096, (size + 4095) // 4096 * 4096))
+    try:
+        n = os.preadv(fd, [buf], offset)
+        return bytes(buf[:min(n, size)])
+    finally:
+        buf.close()
+
+
+def read_direct(path: Path | str, offset: int, size: int) -> bytes:
+    """pread with O_DIRECT: straight to the daemon, bypassing the kernel page cache."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
     try:
-        buf = mmap.mmap(-1, max(4096, (size + 4095) // 4096 * 4096))
-        try:
-            n = os.preadv(fd, [buf], offset)
-            return bytes(buf[:min(n, size)])
-        finally:
-            buf.close()
+        return pread_aligned(fd, offset, size)
     finally:
         os.close(fd)
 
