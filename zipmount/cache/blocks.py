@@ -123,8 +123,9 @@ class BlockCache:
         first, last = start // bs, (end - 1) // bs
         found: dict[int, memoryview] = {}
         missing = []
+        listed: dict[int, list[tuple[int, int]]] = {}  # the runs of each cell, listed once
         for i in range(first, last + 1):
-            data = self._lookup(key, i)
+            data = self._lookup(key, i, listed)
             if data is None:
                 missing.append(i)
             else:
@@ -246,7 +247,10 @@ class BlockCache:
                 waits[i] = fut
         return waits, mine
 
-    def _lookup(self, key: str, index: int) -> memoryview | None:
+    def _lookup(self, key: str, index: int,
+                listed: dict[int, list[tuple[int, int]]] | None = None) -> memoryview | None:
+        """Block ``index`` from memory, else from a run file; ``listed``: the runs of the cells
+        this read listed already (a read of many blocks checks each cell's directory once)."""
         data = self.memory.get(key, index)
         if data is not None:
             self.stats.add("memory_hits")
@@ -254,7 +258,14 @@ class BlockCache:
         self.stats.add("memory_misses")
         if self.runs is None:
             return None
-        got = self.runs.load(key, index)
+        cell = index // self.cell_blocks
+        if listed is not None:
+            if cell not in listed:
+                listed[cell] = self.runs.runs(key, cell)
+            runs = [r for r in listed[cell] if r[0] <= index <= r[1]]
+        else:
+            runs = self.runs.holding(key, index)
+        got = self.runs.load(key, index, runs) if runs else None
         if got is None:
             self.stats.add("disk_misses")
             return None

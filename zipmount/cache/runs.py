@@ -79,12 +79,14 @@ class RunFiles:
         """The runs holding block ``index``."""
         return [r for r in self.runs(key, index // self.cell_blocks) if r[0] <= index <= r[1]]
 
-    def load(self, key: str, index: int) -> tuple[int, memoryview] | None:
-        """(first block, the blocks) of a run file holding block ``index``; None if none is
-        readable. Only a file proven corrupt (bad header, short, CRC mismatch) is deleted: a
-        transient error (EMFILE, ENOMEM, EINTR...) is a miss that leaves the file in place."""
+    def load(self, key: str, index: int, holding: list[tuple[int, int]] | None = None
+             ) -> tuple[int, memoryview] | None:
+        """(first block, the blocks) of a run file holding block ``index`` (of ``holding``, the
+        runs :meth:`holding` gave, if the caller has them); None if none is readable. Only a
+        file proven corrupt (bad header, short, CRC mismatch) is deleted: a transient error
+        (EMFILE, ENOMEM, EINTR...) is a miss that leaves the file in place."""
         cell = index // self.cell_blocks
-        for first, last in self.holding(key, index):
+        for first, last in self.holding(key, index) if holding is None else holding:
             name = f"{self._group(key, cell)}/{first}-{last}.run"
             try:
                 raw = _read_whole(self.store.fspath(name))
