@@ -433,6 +433,20 @@ def test_random_reads_of_a_deflated_member_decode_each_cell_once(workdir):
             "a random read after the first pass decoded again"
 
 
+def test_a_cell_decoded_on_from_the_last_one_comes_out_of_one_call(workdir):
+    # input held back by the call before is topped up: a cell of bytes that compress 2:1 or
+    # better is one piece, not two joined
+    plain = CELLS_PLAIN[:5 * MiB]
+    with opened(write_zip(workdir, [member("mixed", DEFLATE, plain)])) as archive:
+        view = archive.view(archive.entries["mixed"])
+        stream = st.Stream(view, archive.decoding.checkpoints)
+        pieces = []
+        while stream.out_pos < len(plain):
+            pieces.append(stream.decode(min(len(plain), stream.out_pos + CELL), most=CELL))
+        assert b"".join(pieces) == plain
+        assert [len(p) for p in pieces[:-1]] == [CELL] * (len(pieces) - 1)
+
+
 def test_a_member_read_once_at_a_few_offsets_decodes_only_around_them(workdir):
     path = write_zip(workdir, [member("big", DEFLATE, CELLS_PLAIN)])
     decoding = Decoding()

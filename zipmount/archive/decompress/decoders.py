@@ -48,6 +48,11 @@ class Decoder(Protocol):
 
     def needs_input(self) -> bool: ...
 
+    def held_input(self) -> int | None:
+        """Input bytes given and held back for the next call, to which more input may be added
+        (None: this decoder takes input only when it ``needs_input``)."""
+        ...
+
     def decompress(self, data: bytes, limit: int) -> bytes: ...
 
     def pending(self) -> int:
@@ -74,8 +79,12 @@ class _Inflate:
     def needs_input(self) -> bool:
         return not self.tail and not self.full
 
+    def held_input(self) -> int:
+        return len(self.tail)
+
     def decompress(self, data: bytes, limit: int) -> bytes:
-        out = self.obj.decompress(self.tail or data, limit)
+        out = self.obj.decompress(self.tail + data if self.tail and data else data or self.tail,
+                                  limit)
         self.tail = self.obj.unconsumed_tail
         self.full = len(out) == limit
         return out
@@ -99,6 +108,9 @@ class _Buffered:
 
     def needs_input(self) -> bool:
         return self.obj.needs_input
+
+    def held_input(self) -> None:
+        return None
 
     def decompress(self, data: bytes, limit: int) -> bytes:
         return self.obj.decompress(data, limit)
@@ -128,6 +140,9 @@ class _ZipLzma:
 
     def needs_input(self) -> bool:
         return self.inner is None or self.inner.needs_input()
+
+    def held_input(self) -> None:
+        return None
 
     def decompress(self, data: bytes, limit: int) -> bytes:
         if self.inner is None:

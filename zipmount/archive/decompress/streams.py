@@ -101,7 +101,14 @@ class Stream:
             if self.decoder.eof:  # before the declared size: nothing more will come
                 raise self._fail(f"data ends after {self.out_pos} bytes, {size} declared")
             data = b""
-            if self.decoder.needs_input():
+            # For a cell-sized piece, input held back by the last call is topped up with the
+            # next input piece when it is shorter than one: a cell of bytes that compress 2:1
+            # or better comes out of one call (a copy of under ``most`` input bytes), not out
+            # of two joined. (Input pieces of ``most`` bytes would cover any ratio, but their
+            # copies cost more than the joins they save: docs/BENCHMARKS.md.)
+            held = self.decoder.held_input() if most > PIECE and self.in_pos < self.data_end \
+                else None
+            if self.decoder.needs_input() or (held is not None and held < most // 2):
                 if self.in_pos < self.data_end:
                     end = min(self.in_pos + max(INPUT_PIECE, most // 2), self.data_end)
                     if self.in_pos >= self.known_until:
